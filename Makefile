@@ -1,0 +1,41 @@
+# Two commands matter: `make demo` and `make test`. Both set up everything they need.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.bastion-installed
+
+.PHONY: demo test bench bench-smoke install peers postgres docs clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+peers:
+	bash scripts/install-test-peers.sh
+
+postgres:
+	bash scripts/ensure-postgres.sh
+
+## make demo: Bastion in front of a real MCP server, an agent session through it, the audit trail verified.
+demo: install peers
+	$(PY) -m bastion.demo
+
+## make test: the whole suite (unit, contract on SQLite and PostgreSQL, end-to-end with real peers).
+test: install peers postgres
+	$(PY) -m pytest -q
+
+bench: install peers
+	$(PY) bench/run.py
+
+bench-smoke: install peers
+	$(PY) bench/run.py --smoke
+
+docs: install
+	$(PY) scripts/gen_config_reference.py
+
+clean:
+	rm -rf $(VENV) tests/node/node_modules .pytest_cache

@@ -1,0 +1,144 @@
+"""Audit append throughput and latency on SQLite and PostgreSQL, plus restart cost.
+
+Runs ``AuditLog.append`` from 1, 16 and 256 concurrent appenders for a fixed time per case and
+reports records/s and p50/p99 latency of ``append`` (which returns only once the record is
+committed). Also times ``AuditLog.start()`` (head row) against rebuilding the frontier from every
+stored leaf hash. Usage: ``.venv/bin/python bench/audit_store.py [--seconds 3] [--no-postgres]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import platform
+import tempfile
+import time
+import uuid
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+
+from bastion.audit.compact import Frontier
+from bastion.audit.keys import generate_signing_key
+from bastion.audit.log import AuditLog, CheckpointPolicy
+from bastion.audit.record import AuditEvent, EventKind, Outcome, compute_arguments_sha256
+from bastion.storage import AuditStore, open_store
+
+PG_DSN = "postgresql://postgres@127.0.0.1:5432/test"
+ORIGIN = "bench/audit"
+ARGUMENTS = {"query": "quarterly revenue by region", "limit": 50, "filters": {"region": ["emea", "apac"]}}
+EVENT = AuditEvent(
+    kind=EventKind.REQUEST, outcome=Outcome.OK, subject="alice@example.com", issuer="https://idp.example.com",
+    upstream="warehouse", method="tools/call", name="sql_query", arguments=ARGUMENTS,
+    arguments_sha256=compute_arguments_sha256(ARGUMENTS), jsonrpc_id=1, session_id="sess-" + "0" * 32,
+)
+
+
+def percentile(sorted_values: list[float], fraction: float) -> float:
+    return sorted_values[min(len(sorted_values) - 1, int(fraction * len(sorted_values)))]
+
+
+async def run_case(store: AuditStore, concurrency: int, seconds: float) -> dict[str, Any]:
+    log = AuditLog(store, origin=ORIGIN, signing_key=generate_signing_key("bench"),
+                   checkpoints=CheckpointPolicy(every_records=1000, every_s=10, heartbeat_s=300))
+    await log.start()
+    latencies_ms: list[float] = []
+    deadline = time.perf_counter() + seconds
+
+    async def appender() -> None:
+        while time.perf_counter() < deadline:
+            started = time.perf_counter()
+            await log.append(EVENT)
+            latencies_ms.append((time.perf_counter() - started) * 1000)
+
+    started = time.perf_counter()
+    await asyncio.gather(*(appender() for _ in range(concurrency)))
+    elapsed_s = time.perf_counter() - started
+    batches_before = log.stats.batches_committed
+    await log.aclose()
+    latencies_ms.sort()
+    return {
+        "concurrency": concurrency,
+        "records": len(latencies_ms),
+        "records_per_s": round(len(latencies_ms) / elapsed_s, 1),
+        "p50_ms": round(percentile(latencies_ms, 0.50), 3),
+        "p99_ms": round(percentile(latencies_ms, 0.99), 3),
+        "mean_batch_records": round(len(latencies_ms) / max(batches_before, 1), 1),
+    }
+
+
+async def measure_restart(store: AuditStore) -> dict[str, Any]:
+    head = await store.fetch_head(ORIGIN)
+    size = head.tree_size if head else 0
+    started = time.perf_counter()
+    log = AuditLog(store, origin=ORIGIN, signing_key=generate_signing_key("bench"),
+                   checkpoints=CheckpointPolicy(every_records=10**9, every_s=3600, heartbeat_s=3600))
+    await log.start()
+    start_ms = (time.perf_counter() - started) * 1000
+    await log.aclose()
+    started = time.perf_counter()
+    frontier = Frontier()
+    async for entry in store.stream_entries(ORIGIN, batch_size=5000):
+        frontier.append(entry.leaf_hash)
+    rebuild_ms = (time.perf_counter() - started) * 1000
+    assert head is None or frontier.hashes == head.frontier, "stored head disagrees with the leaves"
+    return {"tree_size": size, "start_from_head_ms": round(start_ms, 2), "rebuild_from_leaves_ms": round(rebuild_ms, 1)}
+
+
+async def bench_backend(name: str, url: str, seconds: float) -> dict[str, Any]:
+    cases = []
+    for concurrency in (1, 16, 256):
+        store = await open_store(url)
+        try:
+            cases.append(await run_case(store, concurrency, seconds))
+        finally:
+            await store.aclose()
+    store = await open_store(url)
+    try:
+        restart = await measure_restart(store)
+    finally:
+        await store.aclose()
+    return {"backend": name, "cases": cases, "restart": restart}
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--seconds", type=float, default=3.0, help="duration of each case")
+    parser.add_argument("--no-postgres", action="store_true")
+    args = parser.parse_args()
+    results = []
+    with tempfile.TemporaryDirectory(dir=Path(__file__).parent) as tmp:
+        results.append(await bench_backend("sqlite", f"sqlite:///{Path(tmp) / 'bench.db'}", args.seconds))
+    if not args.no_postgres:
+        schema = f"bench_{uuid.uuid4().hex[:12]}"
+        try:
+            results.append(await bench_backend("postgres", f"{PG_DSN}?schema={schema}", args.seconds))
+        finally:
+            conn = await asyncpg.connect(PG_DSN)
+            try:
+                await conn.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
+            finally:
+                await conn.close()
+    print(f"{'backend':<9} {'appenders':>9} {'records':>8} {'records/s':>10} {'p50 ms':>8} {'p99 ms':>8} {'batch':>6}")
+    for result in results:
+        for c in result["cases"]:
+            print(f"{result['backend']:<9} {c['concurrency']:>9} {c['records']:>8} {c['records_per_s']:>10} "
+                  f"{c['p50_ms']:>8} {c['p99_ms']:>8} {c['mean_batch_records']:>6}")
+    for result in results:
+        r = result["restart"]
+        print(f"{result['backend']}: restart at tree size {r['tree_size']}: start() from head row "
+              f"{r['start_from_head_ms']} ms; rebuilding the frontier from all leaves {r['rebuild_from_leaves_ms']} ms")
+    out_dir = Path(__file__).parent / "results"
+    out_dir.mkdir(exist_ok=True)
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    out = out_dir / f"audit_store-{stamp}.json"
+    meta = {"python": platform.python_version(), "machine": platform.machine(), "seconds_per_case": args.seconds}
+    out.write_text(json.dumps({"meta": meta, "results": results}, indent=2) + "\n", encoding="utf-8")
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    asyncio.run(main())

@@ -1,0 +1,175 @@
+"""The application factory: settings → store → audit log → identity → policy → masking →
+pipeline → routes, and the lifespan that starts them in that order and stops them in reverse.
+
+Nothing is served until every part is up: a store or key that cannot be opened stops the start.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+from collections.abc import AsyncIterator, Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import orjson
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+from starlette.types import Receive, Scope, Send
+
+from bastion import __version__
+from bastion.audit.log import AuditLog
+from bastion.audit.record import EventKind
+from bastion.config import Settings
+from bastion.identity.authenticator import Authenticator
+from bastion.identity.principal import Principal
+from bastion.identity.resource import protected_resource_metadata
+from bastion.masking import MaskingEngine
+from bastion.pipeline.runner import Pipeline
+from bastion.policy import PolicyEngine, PolicyWatcher, RateLimiter
+from bastion.proxy.gateway import Gateway
+from bastion.stages.audit import AuditStage, GatewayRecorder
+from bastion.stages.masking import MaskingStage
+from bastion.stages.policy import PolicyStage
+from bastion.storage import AuditStore, open_store
+from bastion.transport.http import McpHttpEndpoint
+from bastion.upstream.factory import UpstreamFactory
+
+log = logging.getLogger("bastion.app")
+
+
+@dataclass
+class Runtime:
+    """Everything the lifespan started, in start order."""
+
+    store: AuditStore
+    audit: AuditLog
+    http_client: httpx.AsyncClient
+    authenticator: Authenticator
+    gateway: Gateway
+    mcp: McpHttpEndpoint
+    watcher_task: asyncio.Task[None] | None
+
+
+def settings_sha256(settings: Settings) -> str:
+    """Hash of the effective configuration (secrets included only as their hash's input)."""
+    return hashlib.sha256(orjson.dumps(settings.model_dump(mode="json"), option=orjson.OPT_SORT_KEYS)).hexdigest()
+
+
+async def _policy_source(settings: Settings, recorder: GatewayRecorder) -> tuple[Callable[[], PolicyEngine], PolicyWatcher | None]:
+    if settings.policy is not None:
+        engine = PolicyEngine(settings.policy)
+        return (lambda: engine), None
+
+    async def on_change(old_hash: str, new_hash: str) -> None:
+        await recorder.gateway(EventKind.CONFIG_CHANGED, {"what": "policy", "old_policy_hash": old_hash, "new_policy_hash": new_hash})
+
+    assert settings.policy_file is not None
+    watcher = await PolicyWatcher.open(Path(settings.policy_file), on_change=on_change, interval_s=settings.policy_reload_s)
+    return (lambda: watcher.engine), watcher
+
+
+async def start_runtime(settings: Settings) -> Runtime:
+    """Open every part; raises (ConfigError, StorageError) if any cannot start."""
+    store = await open_store(settings.store)
+    http_client = httpx.AsyncClient(timeout=10.0)
+    audit = AuditLog.from_settings(store, settings.audit, http_client=http_client)
+    await audit.start()
+    masking = MaskingEngine(settings.masking)
+    recorder = GatewayRecorder(audit, masking.masker(None))
+    engine_source, watcher = await _policy_source(settings, recorder)
+    api_keys = getattr(store, "api_keys", None)
+    authenticator = Authenticator.from_settings(settings.identity, api_keys)
+    pipeline = Pipeline(
+        outer=[AuditStage(audit, masking.masker(None))],
+        inner=[
+            PolicyStage(
+                engine_source,
+                RateLimiter(),
+                frozenset(name for name, up in settings.upstreams.items() if up.trusted),
+                approvals_enabled=False,
+            ),
+            MaskingStage(masking, settings.masking.mask_arguments_upstream),
+        ],
+    )
+    gateway = Gateway(settings, pipeline, UpstreamFactory(settings.upstreams), recorder)
+
+    async def authenticate(headers: Mapping[str, str], path: str, peer: str | None) -> Principal:
+        return await authenticator.authenticate(headers, path=path, peer_host=peer)
+
+    mcp = McpHttpEndpoint(gateway, authenticate, recorder.refusal)
+    await gateway.start()
+    await recorder.gateway(
+        EventKind.GATEWAY_STARTED,
+        {"version": __version__, "config_sha256": settings_sha256(settings), "policy_hash": engine_source().policy_hash,
+         "audit_mode": audit.mode.value, "upstreams": sorted(settings.upstreams)},
+    )
+    watcher_task = asyncio.create_task(watcher.run(), name="policy-watcher") if watcher is not None else None
+    return Runtime(store, audit, http_client, authenticator, gateway, mcp, watcher_task)
+
+
+async def stop_runtime(runtime: Runtime) -> None:
+    """Stop in reverse order; the final audit record and checkpoint are written last."""
+    if runtime.watcher_task is not None:
+        runtime.watcher_task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await runtime.watcher_task
+    await runtime.gateway.aclose()
+    await runtime.authenticator.aclose()
+    with contextlib.suppress(Exception):
+        await runtime.gateway.recorder.gateway(EventKind.GATEWAY_STOPPED, {"version": __version__})
+    await runtime.audit.aclose()
+    await runtime.store.aclose()
+    await runtime.http_client.aclose()
+
+
+def create_app(settings: Settings) -> Starlette:
+    """Build the ASGI application for one gateway instance."""
+    state: dict[str, Runtime] = {}
+
+    class _Mcp:
+        """Forwards to the MCP endpoint of the running runtime (built in the lifespan)."""
+
+        async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+            await state["runtime"].mcp(scope, receive, send)
+
+    mcp = _Mcp()
+
+    async def healthz(request: Request) -> JSONResponse:
+        return JSONResponse({"status": "ok"})
+
+    async def readyz(request: Request) -> JSONResponse:
+        runtime = state.get("runtime")
+        ready = runtime is not None and runtime.gateway.accepting and runtime.audit.healthy
+        return JSONResponse({"status": "ready" if ready else "not ready"}, status_code=200 if ready else 503)
+
+    async def resource_metadata(request: Request) -> Response:
+        path = "/" + request.path_params.get("path", "")
+        return JSONResponse(protected_resource_metadata(settings.identity, path if path != "/" else ""))
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        state["runtime"] = await start_runtime(settings)
+        app.state.runtime = state["runtime"]
+        try:
+            yield
+        finally:
+            await stop_runtime(state.pop("runtime"))
+
+    methods = ["GET", "POST", "DELETE"]
+    return Starlette(
+        routes=[
+            Route("/mcp", mcp, methods=methods),
+            Route("/servers/{name}/mcp", mcp, methods=methods),
+            Route("/healthz", healthz),
+            Route("/readyz", readyz),
+            Route("/.well-known/oauth-protected-resource", resource_metadata),
+            Route("/.well-known/oauth-protected-resource/{path:path}", resource_metadata),
+        ],
+        lifespan=lifespan,
+    )

@@ -1,0 +1,353 @@
+"""The audit writer: one task per origin that sequences, hashes and durably commits records.
+
+Owns the origin's seq and Merkle frontier, group commit (everything queued goes into one store
+batch and one fsync), fail-closed vs best-effort handling of store failures, and checkpoint cadence
+(every N records, every T seconds, heartbeat when idle). The note format and signing are
+audit/checkpoint.py's; copying checkpoints out of the database is audit/witness.py's ``WitnessFanout``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import httpx
+
+from bastion.audit.canonical import canonical_bytes
+from bastion.audit.checkpoint import Checkpoint, render_time_extension, sign_checkpoint
+from bastion.audit.compact import Frontier
+from bastion.audit.entry import LogEntry, StoredCheckpoint
+from bastion.audit.hashing import hash_leaf
+from bastion.audit.keys import SigningKey, load_signing_key
+from bastion.audit.record import AuditEvent, EventKind, render_body, render_time
+from bastion.audit.settings import AuditMode, AuditSettings
+from bastion.audit.witness import WitnessFanout, build_witnesses
+from bastion.errors import BastionError, ConfigError, StorageError
+from bastion.storage.base import AppendBatch, AuditStore, LogHead, RecordQuery
+
+log = logging.getLogger(__name__)
+
+@dataclass(frozen=True, slots=True)
+class Receipt:
+    """Proof of recording: the record's seq and leaf hash; ``durable`` is False only in best-effort loss."""
+
+    seq: int | None
+    leaf_hash: bytes | None
+    durable: bool = True
+
+
+@dataclass(slots=True)
+class AuditLogStats:
+    """Counters for /metrics; they only grow."""
+
+    records_committed: int = 0
+    batches_committed: int = 0
+    records_lost: int = 0
+    store_failures: int = 0
+    checkpoints_committed: int = 0
+    checkpoint_failures: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class CheckpointPolicy:
+    """When to sign a checkpoint: after this many new records, after this long with new records, or when idle."""
+
+    every_records: int = 1000
+    every_s: float = 10.0
+    heartbeat_s: float = 300.0
+
+
+@dataclass(slots=True)
+class _Pending:
+    event: AuditEvent
+    waiter: asyncio.Future[Receipt] | None = field(default=None)
+
+
+_STOP = object()
+
+
+class AuditLog:
+    """Append-only audit log of one origin over an ``AuditStore``; ``await start()`` before appending."""
+
+    def __init__(
+        self,
+        store: AuditStore,
+        *,
+        origin: str,
+        signing_key: SigningKey,
+        mode: AuditMode = AuditMode.DURABLE,
+        checkpoints: CheckpointPolicy = CheckpointPolicy(),
+        witnesses: WitnessFanout | None = None,
+        max_queue_records: int = 10_000,
+        max_batch_records: int = 1024,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        self._store = store
+        self._origin = origin
+        self._key = signing_key
+        self._mode = mode
+        self._policy = checkpoints
+        self._witnesses = witnesses
+        self._max_batch = max_batch_records
+        self._clock = clock
+        self._queue: asyncio.Queue[_Pending | object] = asyncio.Queue(max_queue_records)
+        self._frontier = Frontier()
+        self._healthy = False
+        self._lost_unrecorded = 0
+        self._checkpoint_size = -1
+        self._checkpoint_at = -math.inf
+        self._task: asyncio.Task[None] | None = None
+        self._closing = False
+        self.stats = AuditLogStats()
+
+    @classmethod
+    def from_settings(cls, store: AuditStore, settings: AuditSettings, *, http_client: httpx.AsyncClient) -> AuditLog:
+        """Build the log the ``audit:`` section describes (key loaded now, witnesses included).
+
+        Raises:
+            ConfigError: the signing key is missing or malformed, or is not named ``settings.key_name``.
+        """
+        key = load_signing_key(path=settings.signing_key_file, env_var=settings.signing_key_env)
+        if settings.key_name is not None and key.name != settings.key_name:
+            raise ConfigError(f"signing key is named {key.name!r}, audit.key_name expects {settings.key_name!r}")
+        return cls(
+            store,
+            origin=settings.origin,
+            signing_key=key,
+            mode=settings.mode,
+            checkpoints=CheckpointPolicy(
+                settings.checkpoint_every_records, settings.checkpoint_every_s, settings.heartbeat_s
+            ),
+            witnesses=build_witnesses(settings.witnesses, http_client),
+            max_queue_records=settings.max_queue_records,
+            max_batch_records=settings.max_batch_records,
+        )
+
+    @property
+    def healthy(self) -> bool:
+        """Whether the last write reached the store (readiness)."""
+        return self._healthy
+
+    @property
+    def mode(self) -> AuditMode:
+        """The current failure mode."""
+        return self._mode
+
+    @property
+    def tree_size(self) -> int:
+        """Number of records committed so far."""
+        return self._frontier.size
+
+    async def start(self) -> None:
+        """Resume seq and frontier from the store and start the writer task.
+
+        Raises:
+            StorageError: the store cannot be read (the gateway must not start).
+        """
+        await self._recover()
+        latest = await self._store.fetch_latest_checkpoint(self._origin)
+        self._checkpoint_size = latest.tree_size if latest is not None else -1
+        if self._witnesses is not None:
+            self._witnesses.start()
+        self._task = asyncio.create_task(self._serve(), name=f"audit-writer:{self._origin}")
+
+    async def append(self, event: AuditEvent) -> Receipt:
+        """Queue ``event`` and return once it is committed (waits while the queue is full).
+
+        Raises:
+            StorageError: the record could not be made durable (durable mode), or the log is closed.
+            CanonicalEncodingError: the event holds a value with no canonical JSON form.
+        """
+        if self._closing or self._task is None or self._task.done():
+            raise StorageError("audit log is not running")
+        waiter: asyncio.Future[Receipt] = asyncio.get_running_loop().create_future()
+        await self._queue.put(_Pending(event, waiter))
+        return await waiter
+
+    async def set_mode(self, mode: AuditMode, *, subject: str | None = None, reason: str | None = None) -> Receipt:
+        """Switch failure mode; the switch is itself a record, written before it takes effect.
+
+        Raises:
+            StorageError: the mode_changed record could not be made durable (mode unchanged).
+        """
+        detail = {"from": self._mode.value, "to": mode.value} | ({"reason": reason} if reason else {})
+        receipt = await self.append(AuditEvent(kind=EventKind.MODE_CHANGED, subject=subject, detail=detail))
+        self._mode = mode
+        return receipt
+
+    async def search_entries(self, query: RecordQuery, *, subject: str | None) -> list[LogEntry]:
+        """Record a log_read by ``subject`` (durably, first), then return the matching records.
+
+        Raises:
+            StorageError: the log_read record or the search failed.
+        """
+        filters = {k: v for k, v in _query_detail(query).items() if v is not None}
+        await self.append(AuditEvent(kind=EventKind.LOG_READ, subject=subject, detail={"query": filters}))
+        return await self._store.search_entries(query)
+
+    async def append_export(self, *, subject: str | None, detail: Mapping[str, Any]) -> Receipt:
+        """Record that ``subject`` exported part of the log (call before releasing the export)."""
+        return await self.append(AuditEvent(kind=EventKind.LOG_EXPORTED, subject=subject, detail=detail))
+
+    async def aclose(self) -> None:
+        """Commit everything queued, write a final checkpoint, stop the writer and flush witnesses."""
+        if self._closing or self._task is None:
+            return
+        self._closing = True
+        await self._queue.put(_STOP)
+        await self._task
+        if self._witnesses is not None:
+            await self._witnesses.aclose()
+
+    # -- writer task -----------------------------------------------------------------------------
+
+    async def _serve(self) -> None:
+        while True:
+            try:
+                async with asyncio.timeout(max(0.0, self._checkpoint_due() - time.monotonic())):
+                    first = await self._queue.get()
+            except TimeoutError:
+                await self._commit_checkpoint()
+                continue
+            batch: list[_Pending] = []
+            stop = first is _STOP
+            if not stop:
+                batch.append(first)  # type: ignore[arg-type]
+            while not stop and len(batch) < self._max_batch and not self._queue.empty():
+                item = self._queue.get_nowait()
+                if item is _STOP:
+                    stop = True
+                else:
+                    batch.append(item)  # type: ignore[arg-type]
+            if batch:
+                await self._commit_records(batch)
+            if stop:
+                await self._commit_checkpoint()
+                return
+
+    def _checkpoint_due(self) -> float:
+        grew = self._frontier.size > self._checkpoint_size
+        return self._checkpoint_at + (self._policy.every_s if grew else self._policy.heartbeat_s)
+
+    async def _commit_records(self, batch: list[_Pending]) -> None:
+        try:
+            if not self._healthy:
+                await self._recover()
+            self._prepend_loss_record(batch)
+            await self._write(batch)
+        except StorageError as exc:
+            self._fail(batch, exc)
+        except Exception as exc:  # a bug must not strand the waiters of this batch
+            log.exception("audit writer failed unexpectedly")
+            self._fail(batch, StorageError(f"audit writer failed: {type(exc).__name__}"))
+
+    def _prepend_loss_record(self, batch: list[_Pending]) -> None:
+        if self._lost_unrecorded:
+            detail = {"records_lost": self._lost_unrecorded}
+            batch.insert(0, _Pending(AuditEvent(kind=EventKind.RECORDS_LOST, detail=detail)))
+
+    async def _write(self, batch: list[_Pending]) -> None:
+        moment = self._clock()
+        stamp = render_time(moment)
+        frontier = self._frontier.copy()
+        accepted: list[tuple[_Pending, LogEntry]] = []
+        for pending in batch:
+            try:
+                body = canonical_bytes(render_body(pending.event, self._origin, frontier.size, moment))
+            except BastionError as exc:  # only this caller's event is unusable; the rest commit
+                if pending.waiter is not None and not pending.waiter.done():
+                    pending.waiter.set_exception(exc)
+                continue
+            entry = LogEntry(self._origin, frontier.size, stamp, pending.event.kind.value, body, hash_leaf(body))
+            frontier.append(entry.leaf_hash)
+            accepted.append((pending, entry))
+        if not accepted:
+            return
+        due = frontier.size - max(self._checkpoint_size, 0) >= self._policy.every_records
+        checkpoint = self._sign(frontier, moment) if due else None
+        head = LogHead(self._origin, frontier.size, frontier.hashes)
+        entries = tuple(entry for _, entry in accepted)
+        await self._store.append_batch(AppendBatch(head, entries, (checkpoint,) if checkpoint else ()))
+        self._frontier = frontier
+        self._lost_unrecorded = 0
+        self.stats.records_committed += len(entries)
+        self.stats.batches_committed += 1
+        for pending, entry in accepted:
+            if pending.waiter is not None and not pending.waiter.done():
+                pending.waiter.set_result(Receipt(entry.seq, entry.leaf_hash))
+        if checkpoint is not None:
+            self._checkpoint_committed(checkpoint)
+
+    def _fail(self, batch: list[_Pending], exc: StorageError) -> None:
+        self._healthy = False
+        self.stats.store_failures += 1
+        waiting = [p for p in batch if p.waiter is not None and not p.waiter.done()]
+        if self._mode is AuditMode.BEST_EFFORT:
+            self._lost_unrecorded += len(waiting)
+            self.stats.records_lost += len(waiting)
+            log.error("audit store failed; %d records lost (best_effort mode): %s", len(waiting), exc)
+            for pending in waiting:
+                pending.waiter.set_result(Receipt(None, None, durable=False))  # type: ignore[union-attr]
+            return
+        log.error("audit store failed; %d calls refused (durable mode): %s", len(waiting), exc)
+        for pending in waiting:
+            try:
+                raise StorageError("audit record could not be made durable") from exc
+            except StorageError as refused:
+                pending.waiter.set_exception(refused)  # type: ignore[union-attr]
+
+    async def _recover(self) -> None:
+        """Reload seq and frontier: a failed commit may still have landed, so the store is the truth."""
+        head = await self._store.fetch_head(self._origin)
+        self._frontier = Frontier(head.tree_size, head.frontier) if head is not None else Frontier()
+        self._healthy = True
+
+    # -- checkpoints -----------------------------------------------------------------------------
+
+    def _sign(self, frontier: Frontier, moment: datetime) -> StoredCheckpoint:
+        root = frontier.root()
+        body = Checkpoint(self._origin, frontier.size, root, (render_time_extension(moment),))
+        return StoredCheckpoint(self._origin, frontier.size, root, sign_checkpoint(body, self._key), render_time(moment))
+
+    def _checkpoint_committed(self, checkpoint: StoredCheckpoint) -> None:
+        self._checkpoint_size = checkpoint.tree_size
+        self._checkpoint_at = time.monotonic()
+        self.stats.checkpoints_committed += 1
+        if self._witnesses is not None:
+            self._witnesses.submit(checkpoint)
+
+    async def _commit_checkpoint(self) -> None:
+        """Sign and store a checkpoint of the current tree (timed, heartbeat or final)."""
+        try:
+            if not self._healthy:
+                await self._recover()
+            checkpoint = self._sign(self._frontier, self._clock())
+            head = LogHead(self._origin, self._frontier.size, self._frontier.hashes)
+            await self._store.append_batch(AppendBatch(head, (), (checkpoint,)))
+        except Exception as exc:  # a failed checkpoint refuses no caller; it is counted and retried
+            self._healthy = False
+            self._checkpoint_at = time.monotonic()  # retry at the next due time, not in a hot loop
+            self.stats.checkpoint_failures += 1
+            log.error("audit checkpoint of %s failed: %s", self._origin, exc)
+            return
+        self._checkpoint_committed(checkpoint)
+
+
+def _query_detail(query: RecordQuery) -> dict[str, Any]:
+    return {
+        "origin": query.origin,
+        "subject": query.subject,
+        "tool": query.tool,
+        "session_id": query.session_id,
+        "outcome": query.outcome,
+        "kind": query.kind,
+        "time_from": query.time_from,
+        "time_to": query.time_to,
+        "limit": query.limit,
+    }

@@ -1,0 +1,180 @@
+"""The audit record: what one event says (``AuditEvent``) and its stored JSON body (``render_body``).
+
+Owns the event vocabulary (``EventKind``, ``Outcome``), the body layout ``bastion.audit/1``
+(published as docs/audit-record.schema.json) and the SHA-256 digests a record carries. Sequence
+numbers, times, canonical bytes and leaf hashes are assigned by audit/log.py.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any
+
+from bastion.audit.canonical import canonical_bytes
+
+SCHEMA_VERSION = "bastion.audit/1"
+
+
+class EventKind(StrEnum):
+    """What happened; the ``kind`` column of a record."""
+
+    SESSION_OPENED = "session_opened"
+    SESSION_CLOSED = "session_closed"
+    REQUEST = "request"
+    RESPONSE = "response"
+    NOTIFICATION = "notification"
+    CANCELLED = "cancelled"
+    DECISION = "decision"
+    APPROVAL = "approval"
+    MASKING = "masking"
+    GATEWAY_STARTED = "gateway_started"
+    GATEWAY_STOPPED = "gateway_stopped"
+    CONFIG_CHANGED = "config_changed"
+    LOG_READ = "log_read"
+    LOG_EXPORTED = "log_exported"
+    MODE_CHANGED = "mode_changed"
+    RECORDS_LOST = "records_lost"
+    """Written after best-effort mode dropped records, so the gap is visible in the log itself."""
+
+
+class Outcome(StrEnum):
+    """How the exchange ended as far as the client is concerned."""
+
+    OK = "ok"
+    ERROR = "error"
+    DENIED = "denied"
+    HELD = "held"
+    APPROVED = "approved"
+    EXPIRED = "expired"
+    CANCELLED = "cancelled"
+    UPSTREAM_FAILED = "upstream_failed"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AuditEvent:
+    """One event to record; every field but ``kind`` is optional and omitted from the body when None."""
+
+    kind: EventKind
+    outcome: Outcome | None = None
+    # who
+    subject: str | None = None
+    issuer: str | None = None
+    auth_method: str | None = None
+    groups: tuple[str, ...] = ()
+    client_id: str | None = None
+    client_info: Mapping[str, Any] | None = None
+    """The MCP ``clientInfo`` the session declared (name, version, ...)."""
+    source_address: str | None = None
+    user_agent: str | None = None
+    # where
+    upstream: str | None = None
+    endpoint: str | None = None
+    # what
+    method: str | None = None
+    name: str | None = None
+    """Tool, resource URI or prompt name the method addresses."""
+    arguments: Any = None
+    """Arguments as forwarded, already masked for the log."""
+    arguments_sha256: str | None = None
+    """``compute_arguments_sha256`` of the arguments as forwarded, before masking."""
+    # result
+    result: Any = None
+    """The result as released to the client (masked)."""
+    result_sha256: str | None = None
+    """``compute_sha256_hex`` of the upstream's raw result bytes."""
+    is_error: bool | None = None
+    error: Mapping[str, Any] | None = None
+    """The JSON-RPC error object sent to the client, if any."""
+    latency_ms: float | None = None
+    # correlation
+    jsonrpc_id: str | int | None = None
+    session_id: str | None = None
+    traceparent: str | None = None
+    request_seq: int | None = None
+    """Seq of the request record a response answers."""
+    # decision
+    rule_id: str | None = None
+    action: str | None = None
+    policy_hash: str | None = None
+    # masking and the rest
+    masking: Mapping[str, Any] | None = None
+    detail: Mapping[str, Any] | None = None
+
+
+def render_time(moment: datetime) -> str:
+    """Return RFC 3339 UTC with milliseconds, e.g. ``2026-11-24T23:59:01.123Z``.
+
+    Preconditions: ``moment`` is timezone-aware.
+    """
+    if moment.tzinfo is None:
+        raise ValueError("audit times must be timezone-aware")
+    utc = moment.astimezone(UTC)
+    return f"{utc:%Y-%m-%dT%H:%M:%S}.{utc.microsecond // 1000:03d}Z"
+
+
+def compute_sha256_hex(data: bytes) -> str:
+    """Return the lowercase hex SHA-256 of ``data`` (used for the upstream's raw result)."""
+    return hashlib.sha256(data).hexdigest()
+
+
+def compute_arguments_sha256(arguments: Any) -> str:
+    """Return the hex SHA-256 of the arguments' RFC 8785 canonical JSON.
+
+    Raises:
+        CanonicalEncodingError: the arguments have no canonical JSON form.
+    """
+    return compute_sha256_hex(canonical_bytes(arguments))
+
+
+def _group(**fields: Any) -> dict[str, Any]:
+    return {k: v for k, v in fields.items() if v is not None and v != ()}
+
+
+def render_body(event: AuditEvent, origin: str, seq: int, time: datetime) -> dict[str, Any]:
+    """Return the record body (schema ``bastion.audit/1``) with null fields and empty groups omitted.
+
+    Preconditions: ``seq >= 0``; ``time`` is timezone-aware.
+    """
+    e = event
+    groups = {
+        "who": _group(
+            subject=e.subject,
+            issuer=e.issuer,
+            auth_method=e.auth_method,
+            groups=list(e.groups) or None,
+            client_id=e.client_id,
+            client_info=dict(e.client_info) if e.client_info is not None else None,
+            source_address=e.source_address,
+            user_agent=e.user_agent,
+        ),
+        "where": _group(upstream=e.upstream, endpoint=e.endpoint),
+        "what": _group(method=e.method, name=e.name, arguments=e.arguments, arguments_sha256=e.arguments_sha256),
+        "result": _group(
+            released=e.result,
+            upstream_sha256=e.result_sha256,
+            is_error=e.is_error,
+            error=dict(e.error) if e.error is not None else None,
+            latency_ms=e.latency_ms,
+        ),
+        "correlation": _group(
+            jsonrpc_id=e.jsonrpc_id, session_id=e.session_id, traceparent=e.traceparent, request_seq=e.request_seq
+        ),
+        "decision": _group(rule_id=e.rule_id, action=e.action, policy_hash=e.policy_hash),
+        "masking": dict(e.masking) if e.masking else None,
+        "detail": dict(e.detail) if e.detail else None,
+    }
+    body: dict[str, Any] = {
+        "schema": SCHEMA_VERSION,
+        "origin": origin,
+        "seq": seq,
+        "time": render_time(time),
+        "kind": e.kind.value,
+    }
+    if e.outcome is not None:
+        body["outcome"] = e.outcome.value
+    body.update({name: value for name, value in groups.items() if value})
+    return body

@@ -1,0 +1,78 @@
+"""The ``audit:`` section of the configuration file, validated once at load time.
+
+Owns the audit settings model and its defaults (mode, checkpoint cadence, signing key source,
+witnesses, origin). Reading the key, building witnesses and the writer is audit/log.py's and the
+app factory's business; ``${ENV}`` expansion happens in the config loader.
+"""
+
+from __future__ import annotations
+
+import socket
+from enum import StrEnum
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field, HttpUrl, SecretStr, model_validator
+
+
+class AuditMode(StrEnum):
+    """What happens when a record cannot be made durable."""
+
+    DURABLE = "durable"
+    """Fail closed: the caller gets StorageError and the exchange does not proceed."""
+    BEST_EFFORT = "best_effort"
+    """Log and count the loss, let the exchange proceed, and write a records_lost record later."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class S3WitnessSettings(_Section):
+    """An S3-compatible bucket that receives a copy of every checkpoint."""
+
+    endpoint: HttpUrl
+    bucket: str = Field(min_length=3, max_length=63)
+    region: str = "us-east-1"
+    access_key: SecretStr
+    secret_key: SecretStr
+    prefix: str = "checkpoints/"
+    object_lock_days: int | None = Field(default=None, ge=1)
+    """When set, objects are written with COMPLIANCE Object Lock for this many days."""
+    timeout_s: float = Field(default=10.0, gt=0)
+
+
+class WitnessSettings(_Section):
+    """Where checkpoint copies go besides the store."""
+
+    directory: Path | None = None
+    s3: S3WitnessSettings | None = None
+
+
+def default_origin() -> str:
+    """The origin used when none is configured: ``bastion/<hostname>``."""
+    return f"bastion/{socket.gethostname()}"
+
+
+class AuditSettings(_Section):
+    """The ``audit:`` configuration section."""
+
+    mode: AuditMode = AuditMode.DURABLE
+    origin: str = Field(default_factory=default_origin, min_length=1, pattern=r"^[^\s]+$")
+    checkpoint_every_records: int = Field(default=1000, ge=1)
+    checkpoint_every_s: float = Field(default=10.0, gt=0)
+    heartbeat_s: float = Field(default=300.0, gt=0)
+    """An idle log still gets a checkpoint this often, so a silent gap is visible."""
+    signing_key_file: Path | None = None
+    signing_key_env: str | None = None
+    key_name: str | None = Field(default=None, min_length=1, pattern=r"^[^\s+]+$")
+    """When set, the loaded key must carry this name (guards against loading another log's key)."""
+    max_queue_records: int = Field(default=10_000, ge=1)
+    """Appends wait (backpressure) once this many records are queued for the writer."""
+    max_batch_records: int = Field(default=1024, ge=1)
+    witnesses: WitnessSettings = WitnessSettings()
+
+    @model_validator(mode="after")
+    def _one_key_source(self) -> AuditSettings:
+        if (self.signing_key_file is None) == (self.signing_key_env is None):
+            raise ValueError("set exactly one of signing_key_file or signing_key_env")
+        return self

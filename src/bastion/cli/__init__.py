@@ -1,0 +1,1 @@
+"""Command-line shells over the library; each module registers one command group."""

@@ -1,0 +1,1 @@
+"""JSON-RPC 2.0 framing: error codes and the cheap envelope parser."""

@@ -1,0 +1,84 @@
+"""The running gateway's shared state: settings, the pipeline, upstream factory and sessions.
+
+Transports call into it; it owns the session table and its idle reaper, nothing else.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import secrets
+import time
+
+from bastion.config import Settings
+from bastion.exchange import CallerContext, Reply
+from bastion.jsonrpc.envelope import Message
+from bastion.pipeline.runner import Pipeline
+from bastion.proxy.endpoint import Endpoint, FederatedEndpoint, ServerEndpoint
+from bastion.proxy.session import DownstreamSession
+from bastion.stages.audit import GatewayRecorder
+from bastion.upstream.factory import UpstreamFactory
+
+log = logging.getLogger("bastion.gateway")
+
+
+class Gateway:
+    """Everything a client session needs from the process it runs in."""
+
+    def __init__(self, settings: Settings, pipeline: Pipeline, upstreams: UpstreamFactory, recorder: GatewayRecorder) -> None:
+        self.settings = settings
+        self.recorder = recorder
+        self.pipeline = pipeline
+        self.upstreams = upstreams
+        self.sessions: dict[str, DownstreamSession] = {}
+        self.federated = FederatedEndpoint(list(settings.upstreams))
+        self.per_server = {name: ServerEndpoint(name) for name in settings.upstreams}
+        self._reaper: asyncio.Task[None] | None = None
+        self.accepting = True
+
+    def endpoint_for(self, upstream: str | None) -> Endpoint | None:
+        """The federated endpoint for None, the per-server one for a configured name, else None."""
+        if upstream is None:
+            return self.federated
+        return self.per_server.get(upstream)
+
+    def open_session(self, caller: CallerContext, endpoint: Endpoint) -> DownstreamSession:
+        session_id = secrets.token_urlsafe(24)
+        caller.session_id = session_id
+        session = DownstreamSession(session_id, caller, endpoint, self)
+        self.sessions[session_id] = session
+        return session
+
+    async def record_unrouted(self, caller: CallerContext, message: Message, reply: Reply) -> None:
+        await self.recorder.unrouted(caller, message, reply)
+
+    async def close_session(self, session_id: str) -> bool:
+        session = self.sessions.pop(session_id, None)
+        if session is None:
+            return False
+        await session.close()
+        await self.recorder.session(session.caller, opened=False)
+        return True
+
+    async def start(self) -> None:
+        self._reaper = asyncio.create_task(self._reap_idle(), name="session-reaper")
+
+    async def _reap_idle(self) -> None:
+        idle_s = self.settings.http.session_idle_s
+        while True:
+            await asyncio.sleep(min(idle_s / 4, 60.0))
+            cutoff = time.monotonic() - idle_s
+            for session_id, session in list(self.sessions.items()):
+                if session.last_used < cutoff and not any(s.attached for s in session.streams.values()):
+                    log.info("closing idle session", extra={"session": session_id})
+                    await self.close_session(session_id)
+
+    async def aclose(self) -> None:
+        self.accepting = False
+        if self._reaper is not None:
+            self._reaper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reaper
+        await asyncio.gather(*(self.close_session(sid) for sid in list(self.sessions)), return_exceptions=True)
+        await self.upstreams.aclose()

@@ -1,0 +1,168 @@
+"""AuditStage: nothing passes without a durable record, and nothing is released without one.
+
+On the way in it appends the request record (arguments masked for the log) and waits until it is
+durable before any later stage runs; on the way out it appends what is released — result, error,
+denial — and waits again before the reply leaves. A store failure refuses the call (fail closed).
+Progress notifications are not recorded one by one: they carry no data of their own and would
+flood the log; the request and response around them are.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from typing import Any
+
+import orjson
+
+from bastion.audit.canonical import CanonicalEncodingError
+from bastion.audit.log import AuditLog
+from bastion.audit.record import AuditEvent, EventKind, Outcome, compute_arguments_sha256
+from bastion.errors import StorageError
+from bastion.exchange import CallerContext, Direction, Exchange, Kind, Reply
+from bastion.jsonrpc.envelope import error_body
+from bastion.masking.masker import Masker
+from bastion.pipeline.stage import Next
+
+_UNRECORDED = frozenset({"notifications/progress"})
+
+
+def who(caller: CallerContext) -> dict[str, Any]:
+    """The identity fields of an audit event."""
+    principal = caller.principal
+    return {
+        "subject": principal.subject,
+        "issuer": principal.issuer,
+        "auth_method": principal.method.value,
+        "groups": tuple(sorted(principal.groups)),
+        "client_id": principal.client_id,
+        "client_info": caller.client_info,
+        "source_address": caller.source_address,
+        "user_agent": caller.user_agent,
+        "endpoint": caller.endpoint,
+        "session_id": caller.session_id,
+    }
+
+
+class AuditStage:
+    """Outermost stage: records every exchange before and after the rest of the pipeline."""
+
+    name = "audit"
+
+    def __init__(self, log: AuditLog, log_masker: Masker) -> None:
+        self._log = log
+        self._masker = log_masker
+
+    def _payload(self, ex: Exchange) -> Any:
+        if ex.params is None:
+            return None
+        value = ex.arguments if ex.method == "tools/call" else {k: v for k, v in ex.params.items() if k != "_meta"}
+        return self._masker.mask_json(value).value
+
+    async def __call__(self, ex: Exchange, call_next: Next) -> Reply | None:
+        if ex.method in _UNRECORDED:
+            return await call_next(ex)
+        try:
+            arguments_sha256 = compute_arguments_sha256(ex.arguments) if ex.method == "tools/call" else None
+        except CanonicalEncodingError:
+            arguments_sha256 = None
+        base = {
+            **who(ex.caller),
+            "upstream": ex.upstream,
+            "method": ex.method,
+            "name": ex.name,
+            "jsonrpc_id": ex.id,
+            "traceparent": ex.traceparent,
+        }
+        kind = EventKind.NOTIFICATION if ex.kind is Kind.NOTIFICATION else EventKind.REQUEST
+        if ex.method == "notifications/cancelled":
+            kind = EventKind.CANCELLED
+        detail = {"direction": ex.direction.value} if ex.direction is Direction.TO_CLIENT else None
+        try:
+            receipt = await self._log.append(
+                AuditEvent(kind=kind, arguments=self._payload(ex), arguments_sha256=arguments_sha256, detail=detail, **base)
+            )
+        except StorageError as exc:
+            return {"error": error_body(exc.code, exc.public_message)} if ex.kind is Kind.REQUEST else None
+        ex.notes.request_seq = receipt.seq
+        reply = await call_next(ex)
+        if ex.kind is Kind.NOTIFICATION or reply is None:
+            return reply
+        return await self._record_reply(ex, reply, base, detail)
+
+    async def _record_reply(self, ex: Exchange, reply: Reply, base: dict[str, Any], detail: Any) -> Reply:
+        notes = ex.notes
+        result = reply.get("result")
+        error = reply.get("error")
+        is_error = result.get("isError") if isinstance(result, dict) and ex.method == "tools/call" else None
+        outcome = notes.outcome or ("error" if error is not None or is_error else "ok")
+        released = self._masker.mask_json(result).value if result is not None else None
+        event = AuditEvent(
+            kind=EventKind.RESPONSE,
+            outcome=Outcome(outcome),
+            result=released,
+            result_sha256=notes.raw_result_sha256,
+            is_error=is_error,
+            error=error,
+            latency_ms=round((time.monotonic() - ex.started_at) * 1000, 3),
+            request_seq=notes.request_seq,
+            rule_id=notes.rule_id,
+            action=notes.action,
+            policy_hash=notes.policy_hash,
+            masking={"profiles": list(notes.mask_profiles), "findings": notes.masking} if notes.masking else None,
+            detail={**(detail or {}), "approval_id": notes.approval_id} if notes.approval_id else detail,
+            **base,
+        )
+        try:
+            await self._log.append(event)
+        except StorageError as exc:
+            return {"error": error_body(exc.code, exc.public_message)}
+        return reply
+
+
+def raw_sha256(result: Any) -> str:
+    """SHA-256 of the upstream's result as Bastion received it (compact JSON)."""
+    return hashlib.sha256(orjson.dumps(result)).hexdigest()
+
+
+class GatewayRecorder:
+    """Records what happens outside any exchange: refusals at the HTTP plane, requests answered
+    before routing, sessions opening and closing, the gateway starting, stopping and reloading."""
+
+    def __init__(self, log: AuditLog, masker: Masker) -> None:
+        self.log = log
+        self._masker = masker
+
+    async def refusal(self, caller: CallerContext, reason: str, detail: dict[str, Any]) -> None:
+        await self.log.append(
+            AuditEvent(
+                kind=EventKind.REQUEST,
+                outcome=Outcome.DENIED,
+                detail={"reason": self._masker.mask_text(reason).value, **detail},
+                **who(caller),
+            )
+        )
+
+    async def unrouted(self, caller: CallerContext, message: dict[str, Any], reply: Reply) -> None:
+        params = message.get("params")
+        params = params if isinstance(params, dict) else {}
+        name = params.get("name") or params.get("uri")
+        await self.log.append(
+            AuditEvent(
+                kind=EventKind.RESPONSE,
+                outcome=Outcome.ERROR,
+                method=message.get("method"),
+                name=name if isinstance(name, str) else None,
+                arguments=self._masker.mask_json(params.get("arguments")).value,
+                error=reply.get("error"),
+                jsonrpc_id=message.get("id"),
+                **who(caller),
+            )
+        )
+
+    async def session(self, caller: CallerContext, opened: bool) -> None:
+        kind = EventKind.SESSION_OPENED if opened else EventKind.SESSION_CLOSED
+        await self.log.append(AuditEvent(kind=kind, **who(caller)))
+
+    async def gateway(self, kind: EventKind, detail: dict[str, Any]) -> None:
+        await self.log.append(AuditEvent(kind=kind, detail=detail))

@@ -1,0 +1,136 @@
+"""PolicyStage: asks the policy engine about every call, filters listings, applies rate limits.
+
+Protocol plumbing (initialize, ping, logging level, notifications) passes; tools/call,
+prompts/get, resources/read|subscribe and unknown methods are decided; listings are filtered so a
+caller only sees what it may use, and a hidden tool answers exactly like an unknown one.
+``require_approval`` without an approval stage is a denial — never an allow.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+
+from bastion.errors import DenialError, ProtocolError
+from bastion.exchange import Direction, Exchange, Kind, Reply
+from bastion.jsonrpc import codes
+from bastion.pipeline.stage import Next
+from bastion.policy import Action, PolicyEngine, PolicyRequest, RateLimiter, denial_error
+from bastion.policy.model import Kind as Target
+
+_PASS = frozenset({"initialize", "ping", "logging/setLevel", "completion/complete"})
+_DECIDED = {
+    "tools/call": Target.TOOL,
+    "prompts/get": Target.PROMPT,
+    "resources/read": Target.RESOURCE,
+    "resources/subscribe": Target.RESOURCE,
+    "resources/unsubscribe": Target.RESOURCE,
+}
+_LISTINGS = {
+    "tools/list": ("tools", Target.TOOL, "name"),
+    "prompts/list": ("prompts", Target.PROMPT, "name"),
+    "resources/list": ("resources", Target.RESOURCE, "uri"),
+}
+_UNKNOWN_NAME_ERROR = {
+    Target.TOOL: (codes.INVALID_PARAMS, "Unknown tool: {}"),
+    Target.PROMPT: (codes.INVALID_PARAMS, "Unknown prompt: {}"),
+    Target.RESOURCE: (codes.RESOURCE_NOT_FOUND, "Resource not found: {}"),
+}
+
+
+class PolicyStage:
+    """Decides per identity, server, tool and arguments."""
+
+    name = "policy"
+
+    def __init__(
+        self,
+        engine: Callable[[], PolicyEngine],
+        limiter: RateLimiter,
+        trusted_upstreams: frozenset[str],
+        approvals_enabled: bool,
+    ) -> None:
+        self._engine = engine
+        self._limiter = limiter
+        self._trusted = trusted_upstreams
+        self._approvals = approvals_enabled
+        self._annotations: dict[tuple[str, str], dict[str, Any]] = {}
+        """Tool annotations by (upstream, tool), as last listed by the upstream."""
+
+    async def __call__(self, ex: Exchange, call_next: Next) -> Reply | None:
+        if ex.direction is Direction.TO_CLIENT or ex.kind is Kind.NOTIFICATION or ex.method in _PASS:
+            return await call_next(ex)
+        engine = self._engine()  # in-flight calls keep the engine they started with
+        listing = _LISTINGS.get(ex.method)
+        if listing is not None:
+            reply = await call_next(ex)
+            return self._filter(engine, ex, reply, *listing) if reply is not None else None
+        target = _DECIDED.get(ex.method, Target.OTHER)
+        name = ex.name or ex.method
+        annotations = self._annotations.get((ex.upstream, name)) if target is Target.TOOL else None
+        principal = ex.caller.principal
+        trusted = ex.upstream in self._trusted
+        if target is not Target.OTHER and not engine.visible(
+            principal.subject, principal.groups, ex.upstream, target, name, annotations, trusted
+        ):
+            code, message = _UNKNOWN_NAME_ERROR[target]
+            ex.notes.outcome = "denied"
+            ex.notes.reason = "hidden by policy"
+            ex.notes.policy_hash = engine.policy_hash
+            raise ProtocolError(message.format(name), code=code)
+        decision = engine.decide(
+            PolicyRequest(
+                subject=principal.subject,
+                groups=principal.groups,
+                server=ex.upstream,
+                kind=target,
+                name=name,
+                args=ex.arguments if target is Target.TOOL else (ex.params or {}).get("arguments") or {},
+                annotations=annotations,
+                upstream_trusted=trusted,
+                now=datetime.now(UTC),
+            )
+        )
+        notes = ex.notes
+        notes.rule_id = decision.rule_id
+        notes.action = decision.action.value
+        notes.policy_hash = decision.policy_hash
+        notes.mask_profiles = decision.mask_profiles
+        notes.reason = decision.reason
+        if decision.action is Action.DENY:
+            notes.outcome = "denied"
+            raise denial_error(decision)
+        if decision.action is Action.REQUIRE_APPROVAL:
+            if not self._approvals or decision.approval is None:
+                notes.outcome = "denied"
+                raise DenialError(
+                    "Approval required but no approval service is configured",
+                    data={"rule": decision.rule_id},
+                )
+            ex.approval_requirement = decision.approval
+        if decision.rate_limits:
+            try:
+                self._limiter.acquire(decision.rate_limits)
+            except DenialError:
+                notes.outcome = "denied"
+                raise
+        return await call_next(ex)
+
+    def _filter(self, engine: PolicyEngine, ex: Exchange, reply: Reply, key: str, target: Target, field: str) -> Reply:
+        result = reply.get("result")
+        if not isinstance(result, dict) or not isinstance(result.get(key), list):
+            return reply
+        principal = ex.caller.principal
+        trusted = ex.upstream in self._trusted
+        visible = []
+        for item in result[key]:
+            if not isinstance(item, dict) or not isinstance(item.get(field), str):
+                continue
+            annotations = item.get("annotations") if target is Target.TOOL else None
+            if target is Target.TOOL:
+                self._annotations[(ex.upstream, item[field])] = annotations if isinstance(annotations, dict) else {}
+            if engine.visible(principal.subject, principal.groups, ex.upstream, target, item[field], annotations, trusted):
+                visible.append(item)
+        ex.notes.policy_hash = engine.policy_hash
+        return {**reply, "result": {**result, key: visible}}

@@ -1,0 +1,107 @@
+"""SQL text shared by the SQLite and PostgreSQL stores, parametrised by placeholder style.
+
+Owns the column lists and the search query builder; connections, transactions and error
+translation stay in each store module.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from bastion.audit.entry import LogEntry, StoredCheckpoint
+from bastion.storage.base import AppendBatch, RecordQuery, SearchColumns, pack_frontier
+
+Placeholder = Callable[[int], str]
+"""Maps a 1-based parameter position to its marker: ``?`` for sqlite3, ``$n`` for asyncpg."""
+
+ENTRY_COLUMNS = "origin, seq, time, kind, body, leaf_hash"
+CHECKPOINT_COLUMNS = "origin, tree_size, root_hash, note, time"
+MAX_SEARCH_LIMIT = 10_000
+
+
+def qmark(_: int) -> str:
+    """sqlite3 placeholder."""
+    return "?"
+
+
+def dollar(position: int) -> str:
+    """asyncpg placeholder."""
+    return f"${position}"
+
+
+def insert_records_sql(ph: Placeholder) -> str:
+    """INSERT for one record row with its search columns."""
+    marks = ", ".join(ph(i) for i in range(1, 11))
+    return (
+        "INSERT INTO records (origin, seq, time, kind, body, leaf_hash, subject, tool, session_id, outcome)"
+        f" VALUES ({marks})"
+    )
+
+
+def insert_checkpoint_sql(ph: Placeholder) -> str:
+    """INSERT for one checkpoint row."""
+    return f"INSERT INTO checkpoints ({CHECKPOINT_COLUMNS}) VALUES ({', '.join(ph(i) for i in range(1, 6))})"
+
+
+def upsert_head_sql(ph: Placeholder) -> str:
+    """Write the new head of an origin, inserting its row on first append."""
+    return (
+        f"INSERT INTO log_heads (origin, tree_size, frontier) VALUES ({ph(1)}, {ph(2)}, {ph(3)})"
+        " ON CONFLICT (origin) DO UPDATE SET tree_size = excluded.tree_size, frontier = excluded.frontier"
+    )
+
+
+def record_rows(batch: AppendBatch) -> list[tuple[Any, ...]]:
+    """Parameter tuples for ``insert_records_sql``, search columns extracted from each body."""
+    rows = []
+    for e in batch.entries:
+        cols = SearchColumns.from_body(e.body)
+        rows.append(
+            (e.origin, e.seq, e.time, e.kind, e.body, e.leaf_hash, cols.subject, cols.tool, cols.session_id, cols.outcome)
+        )
+    return rows
+
+
+def checkpoint_rows(batch: AppendBatch) -> list[tuple[Any, ...]]:
+    """Parameter tuples for ``insert_checkpoint_sql``."""
+    return [(c.origin, c.tree_size, c.root_hash, c.note, c.time) for c in batch.checkpoints]
+
+
+def head_row(batch: AppendBatch) -> tuple[Any, ...]:
+    """Parameter tuple for ``upsert_head_sql``."""
+    return (batch.head.origin, batch.head.tree_size, pack_frontier(batch.head.frontier))
+
+
+def search_sql(query: RecordQuery, ph: Placeholder) -> tuple[str, list[Any]]:
+    """SELECT matching every filter of ``query``, newest first."""
+    filters = [
+        ("origin", "=", query.origin),
+        ("subject", "=", query.subject),
+        ("tool", "=", query.tool),
+        ("session_id", "=", query.session_id),
+        ("outcome", "=", query.outcome),
+        ("kind", "=", query.kind),
+        ("time", ">=", query.time_from),
+        ("time", "<", query.time_to),
+    ]
+    clauses: list[str] = []
+    params: list[Any] = []
+    for column, op, value in filters:
+        if value is not None:
+            params.append(value)
+            clauses.append(f"{column} {op} {ph(len(params))}")
+    where = f" WHERE {' AND '.join(clauses)}" if clauses else ""
+    params.append(max(1, min(query.limit, MAX_SEARCH_LIMIT)))
+    sql = f"SELECT {ENTRY_COLUMNS} FROM records{where} ORDER BY time DESC, origin, seq DESC LIMIT {ph(len(params))}"
+    return sql, params
+
+
+def entry_from_row(row: Any) -> LogEntry:
+    """Build a LogEntry from a row selected with ``ENTRY_COLUMNS``."""
+    return LogEntry(origin=row[0], seq=row[1], time=row[2], kind=row[3], body=bytes(row[4]), leaf_hash=bytes(row[5]))
+
+
+def checkpoint_from_row(row: Any) -> StoredCheckpoint:
+    """Build a StoredCheckpoint from a row selected with ``CHECKPOINT_COLUMNS``."""
+    return StoredCheckpoint(origin=row[0], tree_size=row[1], root_hash=bytes(row[2]), note=row[3], time=row[4])

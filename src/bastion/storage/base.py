@@ -1,0 +1,216 @@
+"""The async store interface the audit log writes through, and the shapes it exchanges.
+
+Owns the ``AuditStore`` protocol, the per-origin ``LogHead`` (tree size + Merkle frontier, written
+in the same transaction as the records it covers), search queries and the columns a record is
+indexed by. It knows nothing about SQL; ``storage/sqlite.py`` and ``storage/postgres.py`` implement it.
+Later concerns (approvals, API keys, tool pins) add their own protocols here plus migrations.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol
+
+import orjson
+
+from bastion.audit.entry import LogEntry, StoredCheckpoint
+from bastion.errors import StorageError
+
+if TYPE_CHECKING:
+    from bastion.identity.apikey import ApiKeyStore
+    from bastion.storage.pins import ToolPinStore
+
+HASH_BYTES = 32
+"""Every leaf and frontier hash is a SHA-256 digest (RFC 6962 §2.1)."""
+
+
+@dataclass(frozen=True, slots=True)
+class LogHead:
+    """Where one origin's log stands: ``tree_size`` leaves and the frontier that roots them.
+
+    Stored alongside the records because pruning removes the leaves the frontier was built from.
+    """
+
+    origin: str
+    tree_size: int
+    frontier: tuple[bytes, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class AppendBatch:
+    """Records and checkpoints of one origin, committed together or not at all.
+
+    Preconditions: ``entries`` are contiguous, ``entries[0].seq == head.tree_size - len(entries)``
+    and that is the tree size currently stored for the origin (0 if none); checkpoints have
+    ``tree_size <= head.tree_size``.
+    """
+
+    head: LogHead
+    entries: tuple[LogEntry, ...] = ()
+    checkpoints: tuple[StoredCheckpoint, ...] = ()
+
+    @property
+    def previous_size(self) -> int:
+        """The tree size the store must hold before this batch (optimistic concurrency check)."""
+        return self.head.tree_size - len(self.entries)
+
+
+@dataclass(frozen=True, slots=True)
+class RecordQuery:
+    """Search filters; every field given must match. Times are RFC 3339 strings (``time_to`` exclusive)."""
+
+    origin: str | None = None
+    subject: str | None = None
+    tool: str | None = None
+    session_id: str | None = None
+    outcome: str | None = None
+    kind: str | None = None
+    time_from: str | None = None
+    time_to: str | None = None
+    limit: int = 100
+
+
+@dataclass(frozen=True, slots=True)
+class SearchColumns:
+    """The fields of a record body that the stores copy into indexed columns."""
+
+    subject: str | None
+    tool: str | None
+    session_id: str | None
+    outcome: str | None
+
+    @classmethod
+    def from_body(cls, body: bytes) -> SearchColumns:
+        """Extract the indexed fields from a canonical record body (see ``audit/record.py``)."""
+        try:
+            doc: dict[str, Any] = orjson.loads(body)
+        except orjson.JSONDecodeError as exc:
+            raise StorageError("record body is not JSON") from exc
+        return cls(
+            subject=_text(doc, "who", "subject"),
+            tool=_text(doc, "what", "name"),
+            session_id=_text(doc, "correlation", "session_id"),
+            outcome=doc.get("outcome") if isinstance(doc.get("outcome"), str) else None,
+        )
+
+
+def _text(doc: dict[str, Any], group: str, key: str) -> str | None:
+    section = doc.get(group)
+    value = section.get(key) if isinstance(section, dict) else None
+    return value if isinstance(value, str) else None
+
+
+def check_batch(batch: AppendBatch) -> None:
+    """Reject a malformed batch before it reaches SQL.
+
+    Raises:
+        StorageError: entries are not contiguous, belong to another origin or a checkpoint is ahead.
+    """
+    origin = batch.head.origin
+    for offset, entry in enumerate(batch.entries):
+        if entry.origin != origin or entry.seq != batch.previous_size + offset:
+            raise StorageError(f"batch entry {entry.origin}/{entry.seq} out of order")
+        if len(entry.leaf_hash) != HASH_BYTES:
+            raise StorageError("leaf hash must be 32 bytes")
+    for cp in batch.checkpoints:
+        if cp.origin != origin or cp.tree_size > batch.head.tree_size:
+            raise StorageError(f"checkpoint {cp.origin}/{cp.tree_size} is ahead of the batch")
+
+
+def pack_frontier(frontier: Sequence[bytes]) -> bytes:
+    """Concatenate frontier hashes for one BLOB/BYTEA column."""
+    return b"".join(frontier)
+
+
+def unpack_frontier(blob: bytes) -> tuple[bytes, ...]:
+    """Split a stored frontier back into its 32-byte hashes.
+
+    Raises:
+        StorageError: the blob is not a whole number of hashes.
+    """
+    if len(blob) % HASH_BYTES:
+        raise StorageError("stored frontier is corrupt")
+    return tuple(blob[i : i + HASH_BYTES] for i in range(0, len(blob), HASH_BYTES))
+
+
+class AuditStore(Protocol):
+    """Durable storage for audit records and checkpoints, one append-only log per origin.
+
+    Every method raises ``StorageError`` when the store cannot answer; callers fail closed.
+    """
+
+    async def append_batch(self, batch: AppendBatch) -> None:
+        """Commit the batch's records, checkpoints and new head in one transaction (durable on return).
+
+        Raises:
+            StorageError: the write failed, or the stored tree size is not ``batch.previous_size``.
+        """
+
+    async def fetch_head(self, origin: str) -> LogHead | None:
+        """Return the origin's head, or None if it has never been written."""
+
+    async def fetch_entry(self, origin: str, seq: int) -> LogEntry | None:
+        """Return one record, or None if absent (never written or pruned)."""
+
+    async def fetch_entries(self, origin: str, start_seq: int, end_seq: int) -> list[LogEntry]:
+        """Return the stored records with ``start_seq <= seq < end_seq`` in seq order."""
+
+    def stream_entries(self, origin: str, start_seq: int = 0, batch_size: int = 1000) -> AsyncIterator[LogEntry]:
+        """Yield every stored record from ``start_seq`` on in seq order, fetching ``batch_size`` at a time."""
+
+    async def fetch_checkpoints(
+        self, origin: str, min_tree_size: int = 0, limit: int = 1000
+    ) -> list[StoredCheckpoint]:
+        """Return checkpoints with ``tree_size >= min_tree_size``, oldest first."""
+
+    async def fetch_latest_checkpoint(self, origin: str) -> StoredCheckpoint | None:
+        """Return the newest checkpoint of the origin, or None."""
+
+    async def search_entries(self, query: RecordQuery) -> list[LogEntry]:
+        """Return records matching every filter of ``query``, newest first, at most ``query.limit``."""
+
+    async def prune_entries(self, origin: str, tree_size: int) -> int:
+        """Delete records with ``seq < tree_size``; a checkpoint at ``tree_size`` must be stored.
+
+        Returns the number of records deleted.
+
+        Raises:
+            StorageError: no checkpoint of the origin has exactly ``tree_size`` leaves.
+        """
+
+    async def aclose(self) -> None:
+        """Finish pending writes and release connections and threads."""
+
+
+class Store(AuditStore, Protocol):
+    """What ``open_store`` opens: the audit log plus one object per other concern on the same connections."""
+
+    @property
+    def api_keys(self) -> ApiKeyStore:
+        """API key records (``identity/apikey.py``)."""
+        ...
+
+    @property
+    def tool_pins(self) -> ToolPinStore:
+        """Tool-definition pins and pending changes (``storage/pins.py``)."""
+        ...
+
+
+async def iterate_pages(
+    fetch_page: Callable[[int, int], Awaitable[list[LogEntry]]], start_seq: int, batch_size: int
+) -> AsyncIterator[LogEntry]:
+    """Yield entries page by page; ``fetch_page(from_seq, limit)`` returns up to ``limit`` rows with seq >= from_seq.
+
+    Keyset pagination: no cursor or transaction is held while the consumer works on a page.
+    """
+    if batch_size < 1:
+        raise StorageError("batch_size must be positive")
+    next_seq = start_seq
+    while True:
+        page = await fetch_page(next_seq, batch_size)
+        for entry in page:
+            yield entry
+        if len(page) < batch_size:
+            return
+        next_seq = page[-1].seq + 1

@@ -1,0 +1,196 @@
+"""PostgreSQL implementation of ``AuditStore`` over an asyncpg pool, one transaction per batch.
+
+Owns connection pooling, the optional schema (``search_path``) a store lives in, running the
+postgres migrations under an advisory lock, and translating asyncpg errors into StorageError.
+Durability is PostgreSQL's own (``synchronous_commit`` must stay on; it is checked at open).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+from collections.abc import AsyncIterator, Iterator
+from datetime import UTC, datetime
+from functools import cached_property
+from typing import TYPE_CHECKING, Any
+
+import asyncpg
+
+from bastion.audit.entry import LogEntry, StoredCheckpoint
+from bastion.errors import StorageError
+from bastion.storage import _sql
+from bastion.storage.base import AppendBatch, LogHead, RecordQuery, check_batch, iterate_pages, unpack_frontier
+from bastion.storage.migrate import SCHEMA_MIGRATIONS_SQL, pending_migrations
+
+if TYPE_CHECKING:
+    from bastion.storage.postgres_keys import PostgresApiKeyStore
+    from bastion.storage.postgres_pins import PostgresToolPinStore
+
+_SCHEMA_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
+_MIGRATION_LOCK = 0x6261_7374  # "bast": serialises migrations of concurrent gateway starts
+POOL_MIN_SIZE = 1
+POOL_MAX_SIZE = 10
+
+
+@contextlib.contextmanager
+def _translated(context: str) -> Iterator[None]:
+    """Turn asyncpg / socket errors into StorageError at the seam."""
+    try:
+        yield
+    except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
+        raise StorageError(f"{context}: {type(exc).__name__}: {exc}") from exc
+
+
+class PostgresStore:
+    """``AuditStore`` over PostgreSQL; create with ``await PostgresStore.open(dsn, schema=...)``."""
+
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self._pool = pool
+
+    @classmethod
+    async def open(cls, dsn: str, *, schema: str | None = None, max_size: int = POOL_MAX_SIZE) -> PostgresStore:
+        """Connect, create ``schema`` if given, and apply pending migrations.
+
+        Raises:
+            StorageError: the server is unreachable, the schema name is invalid, a migration fails
+                or ``synchronous_commit`` is off (commits would not be durable).
+        """
+        settings: dict[str, str] = {}
+        if schema is not None:
+            if not _SCHEMA_NAME.match(schema):
+                raise StorageError(f"invalid schema name {schema!r}")
+            settings["search_path"] = schema
+        with _translated("cannot connect to PostgreSQL"):
+            if schema is not None:
+                conn = await asyncpg.connect(dsn)
+                try:
+                    await conn.execute(f"CREATE SCHEMA IF NOT EXISTS {schema}")
+                finally:
+                    await conn.close()
+            pool = await asyncpg.create_pool(dsn, min_size=POOL_MIN_SIZE, max_size=max_size, server_settings=settings)
+        store = cls(pool)
+        try:
+            await store._prepare()
+        except BaseException:
+            await pool.close()
+            raise
+        return store
+
+    async def _prepare(self) -> None:
+        with _translated("PostgreSQL migration failed"):
+            async with self._pool.acquire() as conn:
+                if await conn.fetchval("SHOW synchronous_commit") == "off":
+                    raise StorageError("synchronous_commit is off; audit commits would not be durable")
+                async with conn.transaction():
+                    await conn.execute("SELECT pg_advisory_xact_lock($1)", _MIGRATION_LOCK)
+                    await conn.execute(SCHEMA_MIGRATIONS_SQL)
+                    applied = {r[0] for r in await conn.fetch("SELECT version FROM schema_migrations")}
+                    for migration in pending_migrations("postgres", applied):
+                        await conn.execute(migration.sql)
+                        await conn.execute(
+                            "INSERT INTO schema_migrations VALUES ($1, $2, $3)",
+                            migration.version,
+                            migration.name,
+                            datetime.now(UTC).isoformat(),
+                        )
+
+    @cached_property
+    def api_keys(self) -> PostgresApiKeyStore:
+        """The ``ApiKeyStore`` of this database, on this store's pool."""
+        from bastion.storage.postgres_keys import PostgresApiKeyStore  # imports _translated from here
+
+        return PostgresApiKeyStore(self._pool)
+
+    @cached_property
+    def tool_pins(self) -> PostgresToolPinStore:
+        """The ``ToolPinStore`` (a ``PinStore``) of this database, on this store's pool."""
+        from bastion.storage.postgres_pins import PostgresToolPinStore  # imports _translated from here
+
+        return PostgresToolPinStore(self._pool)
+
+    async def _fetch(self, context: str, sql: str, *params: Any) -> list[asyncpg.Record]:
+        with _translated(context):
+            async with self._pool.acquire() as conn:
+                return list(await conn.fetch(sql, *params))
+
+    async def append_batch(self, batch: AppendBatch) -> None:
+        """Commit records, checkpoints and head in one transaction; see ``AuditStore.append_batch``."""
+        check_batch(batch)
+        rows = _sql.record_rows(batch)
+        with _translated("PostgreSQL append failed"):
+            async with self._pool.acquire() as conn, conn.transaction():
+                # Row lock on the head serialises writers of one origin; the check makes a second
+                # gateway writing the same origin fail instead of forking the log.
+                stored = await conn.fetchval(
+                    "SELECT tree_size FROM log_heads WHERE origin = $1 FOR UPDATE", batch.head.origin
+                )
+                if (stored or 0) != batch.previous_size:
+                    raise StorageError(
+                        f"origin {batch.head.origin!r} is at tree size {stored or 0}, batch expects {batch.previous_size}"
+                    )
+                if rows:
+                    await conn.executemany(_sql.insert_records_sql(_sql.dollar), rows)
+                if batch.checkpoints:
+                    await conn.executemany(_sql.insert_checkpoint_sql(_sql.dollar), _sql.checkpoint_rows(batch))
+                await conn.execute(_sql.upsert_head_sql(_sql.dollar), *_sql.head_row(batch))
+
+    async def fetch_head(self, origin: str) -> LogHead | None:
+        """Return the origin's stored head, or None."""
+        rows = await self._fetch("cannot read head", "SELECT tree_size, frontier FROM log_heads WHERE origin = $1", origin)
+        return LogHead(origin, rows[0][0], unpack_frontier(bytes(rows[0][1]))) if rows else None
+
+    async def fetch_entry(self, origin: str, seq: int) -> LogEntry | None:
+        """Return one record or None."""
+        rows = await self.fetch_entries(origin, seq, seq + 1)
+        return rows[0] if rows else None
+
+    async def fetch_entries(self, origin: str, start_seq: int, end_seq: int) -> list[LogEntry]:
+        """Return records with ``start_seq <= seq < end_seq`` in seq order."""
+        sql = f"SELECT {_sql.ENTRY_COLUMNS} FROM records WHERE origin = $1 AND seq >= $2 AND seq < $3 ORDER BY seq"
+        return [_sql.entry_from_row(r) for r in await self._fetch("cannot read records", sql, origin, start_seq, end_seq)]
+
+    def stream_entries(self, origin: str, start_seq: int = 0, batch_size: int = 1000) -> AsyncIterator[LogEntry]:
+        """Yield records from ``start_seq`` on in seq order, ``batch_size`` per read."""
+        sql = f"SELECT {_sql.ENTRY_COLUMNS} FROM records WHERE origin = $1 AND seq >= $2 ORDER BY seq LIMIT $3"
+
+        async def fetch_page(from_seq: int, limit: int) -> list[LogEntry]:
+            return [_sql.entry_from_row(r) for r in await self._fetch("cannot read records", sql, origin, from_seq, limit)]
+
+        return iterate_pages(fetch_page, start_seq, batch_size)
+
+    async def fetch_checkpoints(self, origin: str, min_tree_size: int = 0, limit: int = 1000) -> list[StoredCheckpoint]:
+        """Return checkpoints with ``tree_size >= min_tree_size``, oldest first."""
+        sql = (
+            f"SELECT {_sql.CHECKPOINT_COLUMNS} FROM checkpoints WHERE origin = $1 AND tree_size >= $2"
+            " ORDER BY tree_size, id LIMIT $3"
+        )
+        rows = await self._fetch("cannot read checkpoints", sql, origin, min_tree_size, limit)
+        return [_sql.checkpoint_from_row(r) for r in rows]
+
+    async def fetch_latest_checkpoint(self, origin: str) -> StoredCheckpoint | None:
+        """Return the newest checkpoint of the origin, or None."""
+        sql = f"SELECT {_sql.CHECKPOINT_COLUMNS} FROM checkpoints WHERE origin = $1 ORDER BY tree_size DESC, id DESC LIMIT 1"
+        rows = await self._fetch("cannot read checkpoints", sql, origin)
+        return _sql.checkpoint_from_row(rows[0]) if rows else None
+
+    async def search_entries(self, query: RecordQuery) -> list[LogEntry]:
+        """Return records matching ``query``, newest first."""
+        sql, params = _sql.search_sql(query, _sql.dollar)
+        return [_sql.entry_from_row(r) for r in await self._fetch("cannot search records", sql, *params)]
+
+    async def prune_entries(self, origin: str, tree_size: int) -> int:
+        """Delete records below a stored checkpoint's tree size; see ``AuditStore.prune_entries``."""
+        with _translated("PostgreSQL prune failed"):
+            async with self._pool.acquire() as conn, conn.transaction():
+                found = await conn.fetchval(
+                    "SELECT 1 FROM checkpoints WHERE origin = $1 AND tree_size = $2 LIMIT 1", origin, tree_size
+                )
+                if found is None:
+                    raise StorageError(f"no checkpoint of {origin!r} at tree size {tree_size}; refusing to prune")
+                status = await conn.execute("DELETE FROM records WHERE origin = $1 AND seq < $2", origin, tree_size)
+        return int(status.rsplit(" ", 1)[-1])
+
+    async def aclose(self) -> None:
+        """Close the pool, waiting for connections in use to be released."""
+        with _translated("cannot close PostgreSQL pool"):
+            await self._pool.close()

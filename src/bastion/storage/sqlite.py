@@ -1,0 +1,347 @@
+"""SQLite implementation of ``AuditStore``: one writer thread with group commit, reads off the loop.
+
+Every write is a job on a queue consumed by one dedicated thread that owns the only writing
+connection (WAL, synchronous=FULL); the thread drains everything queued into one transaction,
+each job inside its own savepoint, so concurrent batches share one fsync. Reads of a file
+database use separate connections in a small executor; an in-memory database serves reads on the
+writer thread, since its data is invisible to other connections.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import queue
+import sqlite3
+import threading
+from functools import cached_property
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+
+from bastion.audit.entry import LogEntry, StoredCheckpoint
+from bastion.errors import StorageError
+from bastion.storage import _sql
+from bastion.storage.base import AppendBatch, LogHead, RecordQuery, check_batch, iterate_pages, unpack_frontier
+from bastion.storage.migrate import SCHEMA_MIGRATIONS_SQL, pending_migrations
+from bastion.storage.sqlite_keys import SqliteApiKeyStore
+from bastion.storage.sqlite_pins import SqliteToolPinStore
+
+T = TypeVar("T")
+log = logging.getLogger(__name__)
+
+MEMORY = ":memory:"
+READ_THREADS = 2
+BUSY_TIMEOUT_S = 5.0
+
+
+@dataclass(slots=True)
+class _Job:
+    """One unit of work for the writer thread and the future its caller awaits."""
+
+    run: Callable[[sqlite3.Connection], Any]
+    future: asyncio.Future[Any]
+    loop: asyncio.AbstractEventLoop
+    write: bool
+    outcome: tuple[bool, Any] = field(default=(False, None))
+
+
+def _settle(future: asyncio.Future[Any], ok: bool, value: Any) -> None:
+    if future.done():
+        return
+    if ok:
+        future.set_result(value)
+    else:
+        future.set_exception(value)
+
+
+def _connect(path: str) -> sqlite3.Connection:
+    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=BUSY_TIMEOUT_S)
+    conn.execute("PRAGMA foreign_keys = ON")
+    return conn
+
+
+def _migrate(conn: sqlite3.Connection) -> None:
+    conn.execute(SCHEMA_MIGRATIONS_SQL)
+    applied = {row[0] for row in conn.execute("SELECT version FROM schema_migrations")}
+    for migration in pending_migrations("sqlite", applied):
+        stamp = datetime.now(UTC).isoformat()
+        record = f"INSERT INTO schema_migrations VALUES ({migration.version}, '{migration.name}', '{stamp}');"
+        try:
+            conn.executescript(f"BEGIN IMMEDIATE;\n{migration.sql}\n{record}\nCOMMIT;")
+        except sqlite3.Error:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+
+
+class SqliteStore:
+    """``AuditStore`` over one SQLite file (or ``:memory:`` for tests); create with ``await SqliteStore.open(path)``."""
+
+    def __init__(self, path: str) -> None:
+        self._path = path
+        self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._serve, name=f"bastion-sqlite-writer:{path}", daemon=True)
+        self._signal_ready: Callable[[bool, Any], None] = lambda ok, value: None
+        self._reader_pool: ThreadPoolExecutor | None = None
+        self._reader_local = threading.local()
+        self._reader_conns: list[sqlite3.Connection] = []
+        self._reader_lock = threading.Lock()
+        self._closed = False
+
+    @classmethod
+    async def open(cls, path: str) -> SqliteStore:
+        """Open (creating if needed) and migrate the database at ``path``.
+
+        Raises:
+            StorageError: the file cannot be opened or a migration fails.
+        """
+        store = cls(path)
+        loop = asyncio.get_running_loop()
+        ready: asyncio.Future[None] = loop.create_future()
+
+        def signal_ready(ok: bool, value: Any) -> None:
+            loop.call_soon_threadsafe(_settle, ready, ok, value)
+
+        store._signal_ready = signal_ready
+        store._thread.start()
+        try:
+            await ready
+        except BaseException:
+            await store.aclose()
+            raise
+        if path != MEMORY:
+            store._reader_pool = ThreadPoolExecutor(READ_THREADS, thread_name_prefix="bastion-sqlite-reader")
+        return store
+
+    # -- writer thread ---------------------------------------------------------------------------
+
+    def _serve(self) -> None:
+        try:
+            conn = _connect(self._path)
+            if self._path != MEMORY:
+                conn.execute("PRAGMA journal_mode = WAL")
+            conn.execute("PRAGMA synchronous = FULL")
+            _migrate(conn)
+        except sqlite3.Error as exc:
+            self._signal_ready(False, _translate(exc, "cannot open SQLite store"))
+            return
+        self._signal_ready(True, None)
+        try:
+            while True:
+                first = self._jobs.get()
+                if first is None:
+                    return
+                jobs, stop = [first], False
+                while not stop:
+                    try:
+                        more = self._jobs.get_nowait()
+                    except queue.Empty:
+                        break
+                    if more is None:
+                        stop = True
+                    else:
+                        jobs.append(more)
+                self._run_group(conn, jobs)
+                if stop:
+                    return
+        finally:
+            conn.close()
+
+    def _run_group(self, conn: sqlite3.Connection, jobs: list[_Job]) -> None:
+        reads = [j for j in jobs if not j.write]
+        writes = [j for j in jobs if j.write]
+        for job in reads:
+            job.outcome = _attempt(job.run, conn)
+        if writes:
+            self._commit_group(conn, writes)
+        for job in jobs:
+            ok, value = job.outcome
+            try:
+                job.loop.call_soon_threadsafe(_settle, job.future, ok, value)
+            except RuntimeError:
+                log.warning("sqlite job finished after its event loop closed")
+
+    @staticmethod
+    def _commit_group(conn: sqlite3.Connection, writes: list[_Job]) -> None:
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            for job in writes:
+                # A savepoint per job: one failing batch is undone without failing its neighbours.
+                conn.execute("SAVEPOINT job")
+                job.outcome = _attempt(job.run, conn)
+                if not job.outcome[0]:
+                    conn.execute("ROLLBACK TO job")
+                conn.execute("RELEASE job")
+            conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            failure = _translate(exc, "SQLite commit failed")
+            for job in writes:
+                job.outcome = (False, failure)
+
+    # -- submission ------------------------------------------------------------------------------
+
+    async def _write(self, run: Callable[[sqlite3.Connection], T]) -> T:
+        return await self._submit(run, write=True)
+
+    async def _submit(self, run: Callable[[sqlite3.Connection], T], *, write: bool) -> T:
+        if self._closed:
+            raise StorageError("SQLite store is closed")
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[T] = loop.create_future()
+        self._jobs.put(_Job(run, future, loop, write))
+        return await future
+
+    async def _read(self, run: Callable[[sqlite3.Connection], T]) -> T:
+        if self._reader_pool is None:
+            return await self._submit(run, write=False)
+        if self._closed:
+            raise StorageError("SQLite store is closed")
+        loop = asyncio.get_running_loop()
+        ok, value = await loop.run_in_executor(self._reader_pool, self._read_in_thread, run)
+        if not ok:
+            raise value
+        return value  # type: ignore[no-any-return]
+
+    def _read_in_thread(self, run: Callable[[sqlite3.Connection], T]) -> tuple[bool, Any]:
+        conn: sqlite3.Connection | None = getattr(self._reader_local, "conn", None)
+        if conn is None:
+            try:
+                conn = _connect(self._path)
+            except sqlite3.Error as exc:
+                return False, _translate(exc, "cannot open SQLite reader")
+            self._reader_local.conn = conn
+            with self._reader_lock:
+                self._reader_conns.append(conn)
+        return _attempt(run, conn)
+
+    # -- other concerns, sharing this store's writer thread and readers -----------------------------
+
+    @cached_property
+    def api_keys(self) -> SqliteApiKeyStore:
+        """The ``ApiKeyStore`` of this database."""
+        return SqliteApiKeyStore(self)
+
+    @cached_property
+    def tool_pins(self) -> SqliteToolPinStore:
+        """The ``ToolPinStore`` (a ``PinStore``) of this database."""
+        return SqliteToolPinStore(self)
+
+    # -- AuditStore ------------------------------------------------------------------------------
+
+    async def append_batch(self, batch: AppendBatch) -> None:
+        """Commit records, checkpoints and head in one transaction; see ``AuditStore.append_batch``."""
+        check_batch(batch)
+        rows = _sql.record_rows(batch)
+        checkpoints = _sql.checkpoint_rows(batch)
+        head = _sql.head_row(batch)
+
+        def run(conn: sqlite3.Connection) -> None:
+            found = conn.execute("SELECT tree_size FROM log_heads WHERE origin = ?", (batch.head.origin,)).fetchone()
+            stored = found[0] if found else 0
+            if stored != batch.previous_size:
+                raise StorageError(
+                    f"origin {batch.head.origin!r} is at tree size {stored}, batch expects {batch.previous_size}"
+                )
+            conn.executemany(_sql.insert_records_sql(_sql.qmark), rows)
+            conn.executemany(_sql.insert_checkpoint_sql(_sql.qmark), checkpoints)
+            conn.execute(_sql.upsert_head_sql(_sql.qmark), head)
+
+        await self._write(run)
+
+    async def fetch_head(self, origin: str) -> LogHead | None:
+        """Return the origin's stored head, or None."""
+
+        def run(conn: sqlite3.Connection) -> LogHead | None:
+            row = conn.execute("SELECT tree_size, frontier FROM log_heads WHERE origin = ?", (origin,)).fetchone()
+            return None if row is None else LogHead(origin, row[0], unpack_frontier(row[1]))
+
+        return await self._read(run)
+
+    async def fetch_entry(self, origin: str, seq: int) -> LogEntry | None:
+        """Return one record or None."""
+        rows = await self.fetch_entries(origin, seq, seq + 1)
+        return rows[0] if rows else None
+
+    async def fetch_entries(self, origin: str, start_seq: int, end_seq: int) -> list[LogEntry]:
+        """Return records with ``start_seq <= seq < end_seq`` in seq order."""
+        sql = f"SELECT {_sql.ENTRY_COLUMNS} FROM records WHERE origin = ? AND seq >= ? AND seq < ? ORDER BY seq"
+        return await self._read(lambda c: [_sql.entry_from_row(r) for r in c.execute(sql, (origin, start_seq, end_seq))])
+
+    def stream_entries(self, origin: str, start_seq: int = 0, batch_size: int = 1000) -> AsyncIterator[LogEntry]:
+        """Yield records from ``start_seq`` on in seq order, ``batch_size`` per read."""
+        sql = f"SELECT {_sql.ENTRY_COLUMNS} FROM records WHERE origin = ? AND seq >= ? ORDER BY seq LIMIT ?"
+
+        async def fetch_page(from_seq: int, limit: int) -> list[LogEntry]:
+            return await self._read(lambda c: [_sql.entry_from_row(r) for r in c.execute(sql, (origin, from_seq, limit))])
+
+        return iterate_pages(fetch_page, start_seq, batch_size)
+
+    async def fetch_checkpoints(self, origin: str, min_tree_size: int = 0, limit: int = 1000) -> list[StoredCheckpoint]:
+        """Return checkpoints with ``tree_size >= min_tree_size``, oldest first."""
+        sql = (
+            f"SELECT {_sql.CHECKPOINT_COLUMNS} FROM checkpoints WHERE origin = ? AND tree_size >= ?"
+            " ORDER BY tree_size, id LIMIT ?"
+        )
+        params = (origin, min_tree_size, limit)
+        return await self._read(lambda c: [_sql.checkpoint_from_row(r) for r in c.execute(sql, params)])
+
+    async def fetch_latest_checkpoint(self, origin: str) -> StoredCheckpoint | None:
+        """Return the newest checkpoint of the origin, or None."""
+        sql = f"SELECT {_sql.CHECKPOINT_COLUMNS} FROM checkpoints WHERE origin = ? ORDER BY tree_size DESC, id DESC LIMIT 1"
+        rows = await self._read(lambda c: [_sql.checkpoint_from_row(r) for r in c.execute(sql, (origin,))])
+        return rows[0] if rows else None
+
+    async def search_entries(self, query: RecordQuery) -> list[LogEntry]:
+        """Return records matching ``query``, newest first."""
+        sql, params = _sql.search_sql(query, _sql.qmark)
+        return await self._read(lambda c: [_sql.entry_from_row(r) for r in c.execute(sql, params)])
+
+    async def prune_entries(self, origin: str, tree_size: int) -> int:
+        """Delete records below a stored checkpoint's tree size; see ``AuditStore.prune_entries``."""
+
+        def run(conn: sqlite3.Connection) -> int:
+            found = conn.execute(
+                "SELECT 1 FROM checkpoints WHERE origin = ? AND tree_size = ? LIMIT 1", (origin, tree_size)
+            ).fetchone()
+            if found is None:
+                raise StorageError(f"no checkpoint of {origin!r} at tree size {tree_size}; refusing to prune")
+            return conn.execute("DELETE FROM records WHERE origin = ? AND seq < ?", (origin, tree_size)).rowcount
+
+        return await self._write(run)
+
+    async def aclose(self) -> None:
+        """Let queued writes finish, then stop the writer thread and close every connection."""
+        if self._closed:
+            return
+        self._closed = True
+        self._jobs.put(None)
+        await asyncio.to_thread(self._thread.join)
+        if self._reader_pool is not None:
+            await asyncio.to_thread(self._reader_pool.shutdown)
+        with self._reader_lock:
+            for conn in self._reader_conns:
+                conn.close()
+            self._reader_conns.clear()
+
+
+def _translate(exc: sqlite3.Error, context: str) -> StorageError:
+    """Wrap a sqlite3 error at the seam; the thread hands the result to the loop instead of raising it."""
+    try:
+        raise StorageError(f"{context}: {exc}") from exc
+    except StorageError as translated:
+        return translated
+
+
+def _attempt(run: Callable[[sqlite3.Connection], Any], conn: sqlite3.Connection) -> tuple[bool, Any]:
+    """Run one job, capturing its result or error so the writer thread never dies of a job."""
+    try:
+        return True, run(conn)
+    except sqlite3.Error as exc:
+        return False, _translate(exc, "SQLite error")
+    except Exception as exc:  # the caller's coroutine re-raises it; the thread must keep serving
+        return False, exc

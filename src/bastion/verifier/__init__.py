@@ -1,0 +1,7 @@
+"""Offline verifier for Bastion's audit log; public names only (see verify.py for the checklist)."""
+
+from bastion.verifier.origin import Options
+from bastion.verifier.report import Problem, ProblemKind, Report, Summary
+from bastion.verifier.verify import verify_log
+
+__all__ = ["Options", "Problem", "ProblemKind", "Report", "Summary", "verify_log"]

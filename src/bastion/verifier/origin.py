@@ -1,0 +1,305 @@
+"""Walk one origin's records in order: rebuild its tree and classify every deviation.
+
+Owns the per-origin state (expected seq, frontier, reorder stash, root comparisons, checkpoint
+cadence). Each step below is numbered in verifier/verify.py's checklist; the numbers in the
+comments refer to it. Opening checkpoints is checkpoints.py's; the report shape is report.py's.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+from bastion.audit.canonical import CanonicalEncodingError, parse_canonical
+from bastion.audit.compact import Frontier
+from bastion.audit.entry import LogEntry
+from bastion.audit.hashing import HASH_SIZE_BYTES, hash_leaf
+from bastion.verifier.checkpoints import OpenedCheckpoint
+from bastion.verifier.report import Problem
+from bastion.verifier.report import ProblemKind as K
+
+
+@dataclass(frozen=True, slots=True)
+class Options:
+    """Verifier parameters: checkpoint cadence limits and the reorder look-ahead."""
+
+    max_records_between_checkpoints: int = 1000
+    max_seconds_between_checkpoints: float = 600.0
+    reorder_window: int = 64
+    """Rows stashed while waiting for a missing seq before it is declared deleted."""
+    now: datetime | None = None
+    """When given, an unsigned tail older than the time limit is a checkpoint gap."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Row:
+    seq: int
+    row_seq: int
+    leaf_hash: bytes
+    time: datetime | None
+
+
+def _time(value: object) -> datetime | None:
+    if not isinstance(value, str):
+        return None
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        return None
+    return parsed if parsed.tzinfo is not None else None
+
+
+class OriginWalk:
+    """Feed rows of one origin in stored order, then ``finish()``; problems accumulate."""
+
+    def __init__(
+        self, origin: str, checkpoints: list[OpenedCheckpoint], trusted: OpenedCheckpoint | None, options: Options
+    ):
+        self.origin = origin
+        self.problems: list[Problem] = []
+        self._options = options
+        self._checkpoints = sorted(checkpoints, key=lambda c: c.checkpoint.tree_size)
+        self._trusted = trusted
+        self._retention = {c.checkpoint.tree_size: c for c in checkpoints if c.retention is not None}
+        self._frontier: Frontier | None = None
+        self._started = False
+        self._start = 0
+        self._next = 0
+        self._pending: dict[int, _Row] = {}
+        self._reorder_at: int | None = None
+        self._last_offset = 0
+        self._results: list[tuple[OpenedCheckpoint, bool, bool]] = []  # (checkpoint, matched, is_trusted)
+        self._cover_index = 0
+        self._late_reported: set[int] = set()
+        self._tail_first_time: datetime | None = None
+        self._last_time: datetime | None = None
+
+    def _report(self, kind: K, position: int, reason: str) -> None:
+        self.problems.append(Problem(kind, self.origin, position, reason))
+
+    # -- steps 1-4: one row ---------------------------------------------------------------------
+
+    def feed(self, entry: LogEntry) -> None:
+        """Check one row locally, then place it in the tree."""
+        # (1) leaf hash and canonical body.
+        recomputed = hash_leaf(entry.body)
+        body: object = None
+        try:
+            body = parse_canonical(entry.body)
+        except CanonicalEncodingError as exc:
+            self._report(K.MODIFIED_RECORD, entry.seq, f"body is not canonical JSON ({exc})")
+        else:
+            if recomputed != entry.leaf_hash:
+                self._report(K.MODIFIED_RECORD, entry.seq, "body does not hash to its stored leaf hash")
+        leaf_hash = entry.leaf_hash if len(entry.leaf_hash) == HASH_SIZE_BYTES else recomputed
+        # (2) the body's own origin, seq, time and kind against the row's columns.
+        seq = entry.seq
+        if isinstance(body, dict):
+            body_seq, body_origin = body.get("seq"), body.get("origin")
+            if body_origin != entry.origin:
+                self._report(
+                    K.INSERTED_RECORD, entry.seq, f"record of origin {body_origin!r} stored in this origin's log"
+                )
+                return
+            if isinstance(body_seq, int) and not isinstance(body_seq, bool) and body_seq >= 0:
+                seq = body_seq
+            else:
+                self._report(K.MODIFIED_RECORD, entry.seq, "body carries no valid seq")
+            if body.get("time") != entry.time or body.get("kind") != entry.kind:
+                self._report(K.MODIFIED_RECORD, seq, "stored time/kind columns differ from the body")
+        elif body is not None:
+            self._report(K.MODIFIED_RECORD, entry.seq, "body is not a JSON object")
+        row = _Row(seq, entry.seq, leaf_hash, _time(entry.time))
+        if not self._started:
+            self._begin(row.seq)
+        self._place(row)
+
+    def _place(self, row: _Row) -> None:
+        # (3) position: duplicate, out of order, or next.
+        if row.seq < self._next or row.seq in self._pending:
+            self._report(K.INSERTED_RECORD, row.seq, f"seq {row.seq} is already held by another record")
+            return
+        if row.seq > self._next:
+            if self._reorder_at is None:
+                self._reorder_at = self._next
+            self._pending[row.seq] = row
+            if len(self._pending) > self._options.reorder_window:
+                self._close_gap()
+            return
+        if self._reorder_at is None:
+            self._check_offset(row)
+        self._accept(row)
+        self._drain(reordered=True)
+
+    def _check_offset(self, row: _Row) -> None:
+        # (2b) the stored seq column may be renumbered; report once per run of equal offset.
+        offset = row.row_seq - row.seq
+        if offset != self._last_offset and offset != 0:
+            self._report(
+                K.MODIFIED_RECORD, row.seq, f"stored seq column is {row.row_seq} but the record says {row.seq}"
+            )
+        self._last_offset = offset
+
+    def _accept(self, row: _Row) -> None:
+        # (4) append to the tree, then compare any checkpoint at the new size.
+        if self._frontier is not None:
+            self._frontier.append(row.leaf_hash)
+        self._next += 1
+        self._check_roots()
+        self._check_cadence(row)
+
+    def _drain(self, *, reordered: bool) -> None:
+        while self._next in self._pending:
+            row = self._pending.pop(self._next)
+            if not reordered:
+                self._check_offset(row)
+            self._accept(row)
+        if not self._pending and self._reorder_at is not None:
+            if reordered:
+                self._report(K.REORDERED_RECORDS, self._reorder_at, "records are stored out of their own seq order")
+            self._reorder_at = None
+
+    def _close_gap(self) -> None:
+        # (3b) the missing seq never came: records were removed. Signed evidence decides the kind.
+        resume = min(self._pending)
+        covered = any(c.checkpoint.tree_size > self._next for c in self._checkpoints)
+        kind = K.DELETED_RECORD if covered else K.SEQUENCE_GAP
+        reason = f"{resume - self._next} records missing (seq {self._next}..{resume - 1})"
+        reason += "; a signed checkpoint covers them" if covered else "; no signed checkpoint covers them yet"
+        self._report(kind, self._next, reason)
+        self._frontier = None
+        self._next = resume
+        self._reorder_at = None
+        self._drain(reordered=False)
+
+    # -- step 5: where the log starts --------------------------------------------------------------
+
+    def _begin(self, first_seq: int) -> None:
+        self._started = True
+        if first_seq == 0:
+            self._frontier = Frontier()
+        elif first_seq in self._retention:
+            retained = self._retention[first_seq].retention
+            self._frontier = retained.copy() if retained is not None else None
+        else:
+            proven = max((size for size in self._retention if size < first_seq), default=0)
+            self._report(
+                K.DELETED_RECORD,
+                proven,
+                f"{first_seq - proven} records missing before seq {first_seq}; no retention checkpoint proves pruning",
+            )
+        self._start = self._next = first_seq
+        if self._trusted is not None and self._trusted.checkpoint.tree_size < first_seq:
+            self._report(
+                K.TRUSTED_UNVERIFIABLE,
+                self._trusted.checkpoint.tree_size,
+                f"trusted checkpoint predates the first retained seq {first_seq}",
+            )
+        self._cover_index = 0
+        self._check_roots()
+
+    # -- steps 6-7: roots and cadence --------------------------------------------------------------
+
+    def _at_size(self, size: int) -> list[tuple[OpenedCheckpoint, bool]]:
+        found = [(c, False) for c in self._checkpoints if c.checkpoint.tree_size == size]
+        if self._trusted is not None and self._trusted.checkpoint.tree_size == size:
+            found.append((self._trusted, True))
+        return found
+
+    def _check_roots(self) -> None:
+        if self._frontier is None:
+            return
+        root = self._frontier.root()
+        for checkpoint, is_trusted in self._at_size(self._next):
+            self._results.append((checkpoint, checkpoint.checkpoint.root_hash == root, is_trusted))
+
+    def _check_cadence(self, row: _Row) -> None:
+        sizes = self._checkpoints
+        while self._cover_index < len(sizes) and sizes[self._cover_index].checkpoint.tree_size <= row.seq:
+            self._cover_index += 1
+        if row.time is not None:
+            self._last_time = row.time if self._last_time is None else max(self._last_time, row.time)
+        if self._cover_index == len(sizes):
+            if self._tail_first_time is None:
+                self._tail_first_time = row.time
+            return
+        cover = sizes[self._cover_index]
+        limit = self._options.max_seconds_between_checkpoints
+        if (
+            row.time is not None
+            and cover.signed_at is not None
+            and cover.checkpoint.tree_size not in self._late_reported
+            and (cover.signed_at - row.time).total_seconds() > limit
+        ):
+            self._late_reported.add(cover.checkpoint.tree_size)
+            self._report(K.CHECKPOINT_GAP, row.seq, f"record waited more than {limit:g} s for a checkpoint")
+
+    # -- step 8: end of the origin -----------------------------------------------------------------
+
+    def finish(self) -> None:
+        """Resolve stashed rows, truncation, root results and checkpoint cadence."""
+        if not self._started:
+            self._begin(max(self._retention, default=0))
+        while self._pending:
+            if self._next in self._pending:
+                self._drain(reordered=True)
+            else:
+                self._close_gap()
+        self._finish_truncation()
+        self._finish_roots()
+        self._finish_cadence()
+
+    def _finish_truncation(self) -> None:
+        sizes = [c.checkpoint.tree_size for c in self._checkpoints]
+        if self._trusted is not None:
+            sizes.append(self._trusted.checkpoint.tree_size)
+        largest = max(sizes, default=0)
+        if largest > self._next:
+            self._report(
+                K.TRUNCATED_TAIL, self._next, f"a checkpoint covers {largest} records but only {self._next} remain"
+            )
+
+    def _finish_roots(self) -> None:
+        results = sorted(self._results, key=lambda r: r[0].checkpoint.tree_size)
+        last_match = max((i for i, (_, matched, _) in enumerate(results) if matched), default=-1)
+        good_before = self._start
+        for index, (opened, matched, is_trusted) in enumerate(results):
+            size = opened.checkpoint.tree_size
+            if matched:
+                good_before = size
+                continue
+            if is_trusted or index < last_match:
+                who = "the trusted checkpoint" if is_trusted else "this signed checkpoint"
+                self._report(
+                    K.INCONSISTENT_CHECKPOINT, size, f"{who} disagrees with the tree that other checkpoints confirm"
+                )
+                continue
+            self._report(
+                K.ROOT_MISMATCH,
+                size,
+                f"records {good_before}..{size - 1} do not rebuild the signed root: a record in that range was "
+                "rewritten together with its stored hash, or the checkpoint was signed over another tree",
+            )
+            return
+
+    def _finish_cadence(self) -> None:
+        limit = self._options.max_records_between_checkpoints
+        previous = self._start
+        for size in sorted(
+            {c.checkpoint.tree_size for c in self._checkpoints if c.checkpoint.tree_size >= self._start}
+        ):
+            if size - previous > limit:
+                self._report(
+                    K.CHECKPOINT_GAP, previous, f"{size - previous} records between checkpoints (limit {limit})"
+                )
+            previous = size
+        if self._next - previous > limit:
+            self._report(K.CHECKPOINT_GAP, previous, f"{self._next - previous} records after the last checkpoint")
+        end = self._options.now or self._last_time
+        limit_s = self._options.max_seconds_between_checkpoints
+        if (
+            self._tail_first_time is not None
+            and end is not None
+            and (end - self._tail_first_time).total_seconds() > limit_s
+        ):
+            self._report(K.CHECKPOINT_GAP, max(previous, self._start), "unsigned tail older than the time limit")

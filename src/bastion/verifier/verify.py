@@ -1,0 +1,120 @@
+"""The offline audit-log verifier: records + checkpoints + public keys in, a Report out.
+
+Owns the order of checks and how evidence maps to a problem kind (the checklist below). It
+imports only bastion.audit.{canonical,hashing,compact,proof,checkpoint,keys,entry} and
+bastion.errors: no storage, no network, no clock unless the caller passes ``Options.now``.
+
+Checklist (the step numbers tag the code in checkpoints.py (a)-(d) and origin.py (1)-(8)):
+
+ 0. Open every stored checkpoint first (checkpoints.py): (a) malformed note -> MALFORMED_CHECKPOINT;
+    (b) no signature from a ring key -> UNKNOWN_KEY, a ring key's signature fails -> BAD_SIGNATURE,
+    verified but dated (``bastion-time``) outside the key's window -> KEY_OUTSIDE_WINDOW; such a
+    checkpoint proves nothing and is dropped. (c) Columns differing from the signed note ->
+    MODIFIED_CHECKPOINT; the signed values are used. (d) A retention line must rebuild the signed root.
+ 1. Per row, hash the body. Non-canonical body -> MODIFIED_RECORD. Canonical but hashing to something
+    other than the stored leaf hash -> MODIFIED_RECORD: the body was edited after the write and the
+    stored hash is the original. The tree is then built from the *stored* hash, so later checkpoint
+    roots still confirm the untouched records and one edit does not cascade into every checkpoint.
+ 2. The body's own "origin" must equal the row's; otherwise the record belongs to another log ->
+    INSERTED_RECORD here (the other origin sees a gap). The body's "seq" is the authoritative position
+    (it is covered by the leaf hash, hence by the roots); time/kind columns differing from the body ->
+    MODIFIED_RECORD. (2b) A stored seq column that disagrees with the body's seq means the rows were
+    renumbered (to hide a deletion or insertion) -> MODIFIED_RECORD once per run of equal offset.
+ 3. Place the row by body seq. A seq below the next expected one, or already stashed -> INSERTED_RECORD
+    (two records claim one position). A seq above it is stashed; if the missing seq arrives within
+    ``reorder_window`` rows the rows were only stored out of order -> REORDERED_RECORDS at the first
+    out-of-order position. (3b) If it never arrives the records are gone: DELETED_RECORD when a signed
+    checkpoint covers the missing positions (they provably existed), else SEQUENCE_GAP (unsigned tail).
+    After a gap the tree cannot be rebuilt, so later roots are not compared.
+ 4. Append the leaf hash to the frontier; compare every checkpoint (and the trusted one) at that size.
+ 5. Where the log starts: seq 0 starts an empty tree. A first seq S > 0 needs a retention checkpoint at
+    size S; its frontier continues the tree (pruning). Otherwise DELETED_RECORD for the head. Checkpoints
+    below S predate the retention point and are not compared; a trusted checkpoint there ->
+    TRUSTED_UNVERIFIABLE.
+ 6. Roots (after the last row): because the rebuilt tree diverges for good once a wrong leaf enters,
+    a mismatching checkpoint followed by a matching one is itself the odd one out -> INCONSISTENT_CHECKPOINT
+    (a signed fork); a mismatch with no later match -> ROOT_MISMATCH at the first such size, naming the
+    range since the last match where a record was rewritten along with its stored hash. A trusted
+    checkpoint that mismatches is always INCONSISTENT_CHECKPOINT. Two checkpoints that both match the
+    same rebuilt tree are consistent with each other by construction (RFC 9162 §2.1.4 would prove the
+    same from their roots alone).
+ 7. Cadence: more than ``max_records_between_checkpoints`` records between consecutive checkpoints, a record
+    that waited longer than ``max_seconds_between_checkpoints`` for its covering checkpoint, or an unsigned
+    tail over either limit -> CHECKPOINT_GAP.
+ 8. Tail: a checkpoint (or the trusted one) larger than the records present -> TRUNCATED_TAIL at the first
+    missing seq.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+
+from bastion.audit.entry import LogEntry, StoredCheckpoint
+from bastion.audit.keys import KeyRing
+from bastion.verifier.checkpoints import OpenedCheckpoint, open_checkpoint
+from bastion.verifier.origin import Options, OriginWalk
+from bastion.verifier.report import Problem, Report, Summary
+
+PROGRESS_EVERY_RECORDS = 10_000
+DEFAULT_OPTIONS = Options()
+
+
+def verify_log(
+    entries: Iterable[LogEntry],
+    checkpoints: Iterable[StoredCheckpoint],
+    keys: KeyRing,
+    trusted: StoredCheckpoint | None = None,
+    on_progress: Callable[[int], None] | None = None,
+    *,
+    options: Options = DEFAULT_OPTIONS,
+) -> Report:
+    """Verify a log offline and return what was found (``Report.ok`` when nothing was).
+
+    Preconditions: ``entries`` yields each origin's rows in stored seq order (origins may be
+    interleaved); ``keys`` holds the log keys the auditor trusts, with their validity windows.
+    Never raises for bad log content: every finding becomes a ``Problem``.
+    """
+    problems: list[Problem] = []
+    summary = Summary()
+    # (0) checkpoints, grouped by their signed origin.
+    opened: dict[str, list[OpenedCheckpoint]] = {}
+    for stored in checkpoints:
+        summary.checkpoints += 1
+        checkpoint, found = open_checkpoint(stored, keys)
+        problems.extend(found)
+        if checkpoint is not None:
+            opened.setdefault(checkpoint.checkpoint.origin, []).append(checkpoint)
+    trusted_opened: OpenedCheckpoint | None = None
+    if trusted is not None:
+        trusted_opened, found = open_checkpoint(trusted, keys)
+        problems.extend(found)
+    walks: dict[str, OriginWalk] = {}
+
+    def walk_for(origin: str) -> OriginWalk:
+        if origin not in walks:
+            mine = trusted_opened if trusted_opened and trusted_opened.checkpoint.origin == origin else None
+            walks[origin] = OriginWalk(origin, opened.get(origin, []), mine, options)
+        return walks[origin]
+
+    # (1)-(4) rows.
+    for entry in entries:
+        summary.records += 1
+        if summary.first_time is None or entry.time < summary.first_time:
+            summary.first_time = entry.time
+        if summary.last_time is None or entry.time > summary.last_time:
+            summary.last_time = entry.time
+        walk_for(entry.origin).feed(entry)
+        if on_progress is not None and summary.records % PROGRESS_EVERY_RECORDS == 0:
+            on_progress(summary.records)
+    # (5)-(8) origins that had checkpoints but no rows still get their truncation checks.
+    for origin in opened:
+        walk_for(origin)
+    if trusted_opened is not None:
+        walk_for(trusted_opened.checkpoint.origin)
+    for origin in sorted(walks):
+        walks[origin].finish()
+        problems.extend(walks[origin].problems)
+    summary.origins = sorted(walks)
+    if on_progress is not None:
+        on_progress(summary.records)
+    return Report(summary, problems)

@@ -1,0 +1,273 @@
+"""One contract suite for every AuditStore implementation: SQLite (file and memory) and PostgreSQL."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import asyncpg
+import pytest
+
+from bastion.audit.canonical import canonical_bytes
+from bastion.audit.compact import Frontier
+from bastion.audit.entry import LogEntry, StoredCheckpoint
+from bastion.audit.hashing import hash_leaf
+from bastion.errors import ConfigError, StorageError
+from bastion.storage import AppendBatch, AuditStore, LogHead, RecordQuery, open_store
+
+pytestmark = pytest.mark.anyio
+
+PG_DSN = "postgresql://postgres@127.0.0.1:5432/test"
+
+
+@contextlib.asynccontextmanager
+async def provision(kind: str, tmp_path: Path) -> AsyncIterator[str]:
+    """Yield a store URL of ``kind``; a PostgreSQL store gets its own schema, dropped afterwards."""
+    if kind == "sqlite-file":
+        yield f"sqlite:///{tmp_path / 'audit.db'}"
+    elif kind == "sqlite-memory":
+        yield "sqlite:///:memory:"
+    else:
+        schema = f"t_{uuid.uuid4().hex[:16]}"
+        try:
+            yield f"{PG_DSN}?schema={schema}"
+        finally:
+            conn = await asyncpg.connect(PG_DSN)
+            try:
+                await conn.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
+            finally:
+                await conn.close()
+
+
+POSTGRES = pytest.param("postgres", marks=pytest.mark.postgres)
+
+
+@pytest.fixture(params=["sqlite-file", "sqlite-memory", POSTGRES])
+async def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[str]:
+    async with provision(request.param, tmp_path) as url:
+        yield url
+
+
+@pytest.fixture(params=["sqlite-file", POSTGRES])
+async def persistent_store_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[str]:
+    async with provision(request.param, tmp_path) as url:
+        yield url
+
+
+@pytest.fixture
+async def store(store_url: str) -> AsyncIterator[AuditStore]:
+    opened = await open_store(store_url)
+    try:
+        yield opened
+    finally:
+        await opened.aclose()
+
+
+def make_entry(origin: str, seq: int, *, subject: str = "alice", tool: str = "search", outcome: str = "ok",
+               session_id: str = "s-1", minute: int = 0, kind: str = "request") -> LogEntry:
+    time = f"2026-11-24T10:{minute:02d}:{seq % 60:02d}.000Z"
+    body = canonical_bytes({
+        "schema": "bastion.audit/1", "origin": origin, "seq": seq, "time": time, "kind": kind,
+        "outcome": outcome, "who": {"subject": subject}, "what": {"name": tool},
+        "correlation": {"session_id": session_id},
+    })
+    return LogEntry(origin=origin, seq=seq, time=time, kind=kind, body=body, leaf_hash=hash_leaf(body))
+
+
+def make_batch(frontier: Frontier, entries: list[LogEntry]) -> AppendBatch:
+    """Advance ``frontier`` over ``entries`` and return the batch that stores them."""
+    for entry in entries:
+        frontier.append(entry.leaf_hash)
+    return AppendBatch(LogHead(entries[0].origin, frontier.size, frontier.hashes), tuple(entries))
+
+
+def checkpoint_batch(frontier: Frontier, *checkpoints: StoredCheckpoint) -> AppendBatch:
+    """A batch with no entries that only stores checkpoints (as heartbeats do)."""
+    return AppendBatch(LogHead(checkpoints[0].origin, frontier.size, frontier.hashes), (), checkpoints)
+
+
+def checkpoint_at(origin: str, frontier: Frontier) -> StoredCheckpoint:
+    return StoredCheckpoint(origin, frontier.size, frontier.root(), f"{origin}\n{frontier.size}\n", "2026-11-24T10:00:00.000Z")
+
+
+async def test_appended_entries_read_back_identically_when_fetched_by_seq_range(store: AuditStore) -> None:
+    frontier = Frontier()
+    entries = [make_entry("o1", i) for i in range(5)]
+    await store.append_batch(make_batch(frontier, entries))
+    assert await store.fetch_entries("o1", 0, 5) == entries
+    assert await store.fetch_entries("o1", 2, 4) == entries[2:4]
+    assert await store.fetch_entry("o1", 3) == entries[3]
+    assert await store.fetch_entry("o1", 5) is None
+    assert await store.fetch_entries("o2", 0, 5) == []
+
+
+async def test_head_matches_frontier_when_batches_accumulate(store: AuditStore) -> None:
+    assert await store.fetch_head("o1") is None
+    frontier = Frontier()
+    await store.append_batch(make_batch(frontier, [make_entry("o1", i) for i in range(3)]))
+    await store.append_batch(make_batch(frontier, [make_entry("o1", i) for i in range(3, 7)]))
+    assert await store.fetch_head("o1") == LogHead("o1", 7, frontier.hashes)
+    assert Frontier(7, frontier.hashes).root() == frontier.root()
+
+
+async def test_batch_is_refused_whole_when_previous_size_does_not_match(store: AuditStore) -> None:
+    frontier = Frontier()
+    await store.append_batch(make_batch(frontier, [make_entry("o1", 0)]))
+    stale = make_batch(Frontier(), [make_entry("o1", 0), make_entry("o1", 1)])
+    with_checkpoint = AppendBatch(stale.head, stale.entries, (StoredCheckpoint("o1", 2, b"r" * 32, "n", "t"),))
+    with pytest.raises(StorageError):  # a second writer that also believes the log is empty
+        await store.append_batch(with_checkpoint)
+    assert await store.fetch_entries("o1", 0, 10) == [make_entry("o1", 0)]
+    assert await store.fetch_checkpoints("o1") == []
+    assert (await store.fetch_head("o1")) == LogHead("o1", 1, frontier.hashes)
+
+
+async def test_exactly_one_writer_wins_when_two_race_for_the_same_seq(store: AuditStore) -> None:
+    a = make_batch(Frontier(), [make_entry("o1", 0, subject="a")])
+    b = make_batch(Frontier(), [make_entry("o1", 0, subject="b")])
+    results = await asyncio.wait_for(asyncio.gather(store.append_batch(a), store.append_batch(b),
+                                                    return_exceptions=True), 10)
+    assert sorted(type(r).__name__ for r in results) == ["NoneType", "StorageError"]
+    stored = await store.fetch_entries("o1", 0, 5)
+    assert len(stored) == 1
+    assert stored[0] in (a.entries[0], b.entries[0])
+
+
+async def test_batch_is_rejected_when_entries_are_not_contiguous(store: AuditStore) -> None:
+    frontier = Frontier()
+    entries = [make_entry("o1", 0), make_entry("o1", 2)]
+    for e in entries:
+        frontier.append(e.leaf_hash)
+    with pytest.raises(StorageError):
+        await store.append_batch(AppendBatch(LogHead("o1", 2, frontier.hashes), tuple(entries)))
+    assert await store.fetch_head("o1") is None
+
+
+async def test_concurrent_batches_of_many_origins_all_commit(store: AuditStore) -> None:
+    frontiers = {f"o{i}": Frontier() for i in range(20)}
+    batches = [make_batch(f, [make_entry(o, 0), make_entry(o, 1)]) for o, f in frontiers.items()]
+    await asyncio.wait_for(asyncio.gather(*(store.append_batch(b) for b in batches)), 10)
+    for origin, frontier in frontiers.items():
+        assert await store.fetch_head(origin) == LogHead(origin, 2, frontier.hashes)
+
+
+async def test_stream_yields_every_entry_in_seq_order_when_paged(store: AuditStore) -> None:
+    frontier = Frontier()
+    entries = [make_entry("o1", i) for i in range(10)]
+    await store.append_batch(make_batch(frontier, entries))
+    await store.append_batch(make_batch(Frontier(), [make_entry("other", 0)]))
+    assert [e async for e in store.stream_entries("o1", batch_size=3)] == entries
+    assert [e async for e in store.stream_entries("o1", start_seq=7, batch_size=5)] == entries[7:]
+    assert [e async for e in store.stream_entries("o1", batch_size=10)] == entries
+
+
+async def test_checkpoints_come_back_oldest_first_including_checkpoint_only_batches(store: AuditStore) -> None:
+    frontier = Frontier()
+    first_entry = make_entry("o1", 0)
+    frontier.append(first_entry.leaf_hash)
+    first = checkpoint_at("o1", frontier)  # committed with the entry it covers
+    await store.append_batch(AppendBatch(LogHead("o1", 1, frontier.hashes), (first_entry,), (first,)))
+    await store.append_batch(make_batch(frontier, [make_entry("o1", 1)]))
+    second = checkpoint_at("o1", frontier)
+    heartbeat = StoredCheckpoint("o1", 2, frontier.root(), "heartbeat", "2026-11-24T10:05:00.000Z")
+    await store.append_batch(checkpoint_batch(frontier, second, heartbeat))
+    assert await store.fetch_checkpoints("o1") == [first, second, heartbeat]
+    assert await store.fetch_latest_checkpoint("o1") == heartbeat
+    assert await store.fetch_checkpoints("o1", min_tree_size=2) == [second, heartbeat]
+    assert await store.fetch_checkpoints("o1", min_tree_size=3) == []
+    assert await store.fetch_latest_checkpoint("o2") is None
+
+
+async def test_checkpoint_is_refused_when_ahead_of_the_head(store: AuditStore) -> None:
+    frontier = Frontier()
+    await store.append_batch(make_batch(frontier, [make_entry("o1", 0)]))
+    ahead = StoredCheckpoint("o1", 5, frontier.root(), "n", "2026-11-24T10:05:00.000Z")
+    with pytest.raises(StorageError):
+        await store.append_batch(checkpoint_batch(frontier, ahead))
+    assert await store.fetch_checkpoints("o1") == []
+
+
+async def test_search_matches_indexed_fields_when_filters_combine(store: AuditStore) -> None:
+    frontier = Frontier()
+    entries = [
+        make_entry("o1", 0, subject="alice", tool="search", outcome="ok", session_id="s1", minute=1),
+        make_entry("o1", 1, subject="bob", tool="search", outcome="denied", session_id="s2", minute=2),
+        make_entry("o1", 2, subject="alice", tool="delete", outcome="denied", session_id="s1", minute=3),
+        make_entry("o1", 3, subject="alice", tool="delete", outcome="ok", session_id="s3", minute=4, kind="response"),
+    ]
+    await store.append_batch(make_batch(frontier, entries))
+    other = make_entry("o2", 0, subject="alice", minute=5)
+    await store.append_batch(make_batch(Frontier(), [other]))
+
+    async def seqs(**filters: object) -> list[tuple[str, int]]:
+        return [(e.origin, e.seq) for e in await store.search_entries(RecordQuery(**filters))]  # type: ignore[arg-type]
+
+    assert await seqs(origin="o1", subject="alice") == [("o1", 3), ("o1", 2), ("o1", 0)]
+    assert await seqs(subject="alice") == [("o2", 0), ("o1", 3), ("o1", 2), ("o1", 0)]
+    assert await seqs(tool="search", outcome="denied") == [("o1", 1)]
+    assert await seqs(session_id="s1") == [("o1", 2), ("o1", 0)]
+    assert await seqs(kind="response") == [("o1", 3)]
+    assert await seqs(origin="o1", time_from="2026-11-24T10:02:00.000Z", time_to="2026-11-24T10:04:00.000Z") == [
+        ("o1", 2), ("o1", 1)]
+    assert await seqs(subject="alice", limit=2) == [("o2", 0), ("o1", 3)]
+    assert await seqs(subject="nobody") == []
+
+
+async def test_prune_is_refused_when_no_checkpoint_has_that_size(store: AuditStore) -> None:
+    frontier = Frontier()
+    await store.append_batch(make_batch(frontier, [make_entry("o1", i) for i in range(4)]))
+    with pytest.raises(StorageError):
+        await store.prune_entries("o1", 2)
+    assert len(await store.fetch_entries("o1", 0, 10)) == 4
+
+
+async def test_prune_removes_only_records_below_the_retention_checkpoint(store: AuditStore) -> None:
+    frontier = Frontier()
+    await store.append_batch(make_batch(frontier, [make_entry("o1", i) for i in range(3)]))
+    await store.append_batch(checkpoint_batch(frontier, checkpoint_at("o1", frontier)))
+    await store.append_batch(make_batch(frontier, [make_entry("o1", 3), make_entry("o1", 4)]))
+    assert await store.prune_entries("o1", 3) == 3
+    assert [e.seq async for e in store.stream_entries("o1")] == [3, 4]
+    assert await store.fetch_head("o1") == LogHead("o1", 5, frontier.hashes)
+    await store.append_batch(make_batch(frontier, [make_entry("o1", 5)]))
+    assert await store.fetch_entry("o1", 5) == make_entry("o1", 5)
+
+
+async def test_data_and_head_survive_when_the_store_is_reopened(persistent_store_url: str) -> None:
+    store_url = persistent_store_url
+    frontier = Frontier()
+    first = await open_store(store_url)
+    try:
+        await first.append_batch(make_batch(frontier, [make_entry("o1", 0), make_entry("o1", 1)]))
+    finally:
+        await first.aclose()
+    again = await open_store(store_url)  # migrations already applied: the runner must skip them
+    try:
+        assert await again.fetch_head("o1") == LogHead("o1", 2, frontier.hashes)
+        assert await again.fetch_entry("o1", 1) == make_entry("o1", 1)
+    finally:
+        await again.aclose()
+
+
+async def test_calls_fail_with_storage_error_when_the_store_is_closed(store_url: str) -> None:
+    closed = await open_store(store_url)
+    await closed.aclose()
+    with pytest.raises(StorageError):
+        await closed.append_batch(make_batch(Frontier(), [make_entry("o1", 0)]))
+    with pytest.raises(StorageError):
+        await closed.fetch_head("o1")
+
+
+async def test_open_store_rejects_an_unknown_scheme() -> None:
+    with pytest.raises(ConfigError):
+        await open_store("mysql://localhost/db")
+    with pytest.raises(ConfigError):
+        await open_store("sqlite://")
+
+
+async def test_open_store_fails_with_storage_error_when_the_path_is_unusable(tmp_path: Path) -> None:
+    with pytest.raises(StorageError):
+        await open_store(f"sqlite:///{tmp_path / 'missing-dir' / 'audit.db'}")

@@ -1,0 +1,114 @@
+"""The data path with the official SDK client: per-server transparency, federation, faults."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import httpx
+import pytest
+from mcp.client.client import Client
+from mcp.shared.exceptions import MCPError
+
+from bastion.jsonrpc import codes
+from tests.e2e.gateway import echo_upstream, running_gateway
+
+pytestmark = [pytest.mark.e2e, pytest.mark.anyio]
+
+
+@pytest.fixture(scope="module")
+def gateway() -> Iterator[str]:
+    config = {
+        "upstreams": {
+            "alpha": echo_upstream("alpha", timeout_s=2.0),
+            "beta": echo_upstream("beta"),
+        },
+    }
+    with running_gateway(config) as url:
+        yield url
+
+
+async def test_per_server_endpoint_is_transparent_when_client_connects(gateway: str) -> None:
+    async with Client(f"{gateway}/servers/alpha/mcp") as client:
+        assert client.server_info is not None and client.server_info.name == "alpha"
+        tools = {t.name for t in (await client.list_tools()).tools}
+        assert {"echo", "slow", "whoami"} <= tools
+        result = await client.call_tool("echo", {"text": "héllo"})
+        assert result.is_error is False
+        assert result.content[0].text == "héllo"  # type: ignore[union-attr]
+
+
+async def test_federated_names_do_not_collide_when_two_upstreams_share_a_tool(gateway: str) -> None:
+    async with Client(f"{gateway}/mcp") as client:
+        assert client.server_info is not None and client.server_info.name == "bastion"
+        names = {t.name for t in (await client.list_tools()).tools}
+        assert {"alpha__echo", "beta__echo", "alpha__whoami", "beta__whoami"} <= names
+        alpha = await client.call_tool("alpha__whoami", {})
+        beta = await client.call_tool("beta__whoami", {})
+        assert alpha.content[0].text == "alpha"  # type: ignore[union-attr]
+        assert beta.content[0].text == "beta"  # type: ignore[union-attr]
+
+
+async def test_unknown_federated_tool_gets_invalid_params_when_called(gateway: str) -> None:
+    async with Client(f"{gateway}/mcp") as client:
+        with pytest.raises(MCPError) as info:
+            await client.call_tool("nosuch__echo", {})
+        assert info.value.error.code == codes.INVALID_PARAMS
+
+
+async def test_hung_upstream_gets_timeout_error_when_call_exceeds_timeout(gateway: str) -> None:
+    async with Client(f"{gateway}/servers/alpha/mcp") as client:
+        with pytest.raises(MCPError) as info:
+            await client.call_tool("slow", {"seconds": 10})
+        assert info.value.error.code == codes.UPSTREAM_TIMEOUT
+        # The session keeps working after the timeout.
+        assert (await client.call_tool("echo", {"text": "still here"})).content[0].text == "still here"  # type: ignore[union-attr]
+
+
+async def test_crashed_upstream_gets_unavailable_and_restarts_when_called_again(gateway: str) -> None:
+    async with Client(f"{gateway}/servers/beta/mcp") as client:
+        with pytest.raises(MCPError) as info:
+            await client.call_tool("crash", {})
+        assert info.value.error.code == codes.UPSTREAM_UNAVAILABLE
+        result = await client.call_tool("echo", {"text": "after restart"})
+        assert result.content[0].text == "after restart"  # type: ignore[union-attr]
+
+
+async def test_garbage_on_stdout_fails_the_call_when_upstream_breaks_framing(gateway: str) -> None:
+    async with Client(f"{gateway}/servers/beta/mcp") as client:
+        with pytest.raises(MCPError) as info:
+            await client.call_tool("garbage", {"then": "exit"})
+        assert info.value.error.code == codes.UPSTREAM_UNAVAILABLE
+        assert (await client.call_tool("echo", {"text": "ok"})).content[0].text == "ok"  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize(
+    ("body", "headers", "status", "code"),
+    [
+        (b"{not json", {}, 400, codes.PARSE_ERROR),
+        (b'{"jsonrpc": "1.0", "id": 1, "method": "x"}', {}, 400, codes.INVALID_REQUEST),
+        (b'{"jsonrpc": "2.0", "id": 1, "method": "tools/list"}', {}, 400, codes.INVALID_REQUEST),
+        (b'{"jsonrpc": "2.0", "id": 1, "method": "tools/list"}', {"mcp-session-id": "nope"}, 404, codes.INVALID_REQUEST),
+        (b"{}", {"content-type": "text/plain"}, 415, codes.INVALID_REQUEST),
+        (b"{}", {"accept": "application/json"}, 406, codes.INVALID_REQUEST),
+        (b"{}", {"host": "evil.example"}, 421, codes.INVALID_REQUEST),
+        (b"{}", {"origin": "http://evil.example"}, 403, codes.INVALID_REQUEST),
+    ],
+)
+async def test_bad_http_input_gets_precise_error_when_posted(
+    gateway: str, body: bytes, headers: dict[str, str], status: int, code: int
+) -> None:
+    base = {"content-type": "application/json", "accept": "application/json, text/event-stream"}
+    async with httpx.AsyncClient() as http:
+        response = await http.post(f"{gateway}/mcp", content=body, headers={**base, **headers})
+    assert response.status_code == status
+    assert response.json()["error"]["code"] == code
+
+
+async def test_oversized_body_gets_413_when_posted(gateway: str) -> None:
+    async with httpx.AsyncClient() as http:
+        response = await http.post(
+            f"{gateway}/mcp",
+            content=b"[" + b" " * (5 * 1024 * 1024) + b"]",
+            headers={"content-type": "application/json", "accept": "application/json, text/event-stream"},
+        )
+    assert response.status_code == 413

@@ -1,0 +1,111 @@
+"""Hypothesis: proofs verify for any i < n, any single-bit flip fails, frontier == reference."""
+
+from __future__ import annotations
+
+import pytest
+import reference
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from bastion.audit.compact import Frontier, root_from_leaf_hashes
+from bastion.audit.hashing import hash_leaf
+from bastion.audit.proof import (
+    MalformedProofError,
+    compute_consistency_proof,
+    compute_inclusion_proof,
+    verify_consistency,
+    verify_inclusion,
+)
+from bastion.errors import RootMismatchError
+
+MAX_LEAVES = 70
+
+
+def _tree(n: int) -> list[bytes]:
+    return [hash_leaf(i.to_bytes(2, "big")) for i in range(n)]
+
+
+def _subtree(hashes: list[bytes]):  # type: ignore[no-untyped-def]
+    return lambda a, b: root_from_leaf_hashes(hashes[a:b])
+
+
+def _flip(items: list[bytes], bit: int) -> list[bytes]:
+    position, bit_in = divmod(bit, 256)
+    out = list(items)
+    mutated = bytearray(out[position])
+    mutated[bit_in // 8] ^= 1 << (bit_in % 8)
+    out[position] = bytes(mutated)
+    return out
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.integers(1, MAX_LEAVES).flatmap(lambda n: st.tuples(st.just(n), st.integers(0, n - 1))))
+def test_inclusion_proof_verifies_when_index_below_size(case: tuple[int, int]) -> None:
+    n, i = case
+    hashes = _tree(n)
+    proof = compute_inclusion_proof(i, n, _subtree(hashes))
+    verify_inclusion(hashes[i], i, n, proof, root_from_leaf_hashes(hashes))
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.integers(2, MAX_LEAVES).flatmap(lambda n: st.tuples(st.just(n), st.integers(0, n - 1))), st.data())
+def test_inclusion_fails_with_root_mismatch_when_any_single_bit_flips(
+    case: tuple[int, int], data: st.DataObject
+) -> None:
+    n, i = case
+    hashes = _tree(n)
+    proof = compute_inclusion_proof(i, n, _subtree(hashes))
+    root = root_from_leaf_hashes(hashes)
+    items = [hashes[i], *proof, root]
+    bit = data.draw(st.integers(0, 256 * len(items) - 1))
+    leaf, *mutated_proof, mutated_root = _flip(items, bit)
+    with pytest.raises(RootMismatchError):
+        verify_inclusion(leaf, i, n, mutated_proof, mutated_root)
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.integers(0, MAX_LEAVES).flatmap(lambda n: st.tuples(st.integers(0, n), st.just(n))))
+def test_consistency_proof_verifies_when_old_size_at_most_new(case: tuple[int, int]) -> None:
+    m, n = case
+    hashes = _tree(n)
+    proof = compute_consistency_proof(m, n, _subtree(hashes))
+    verify_consistency(m, n, proof, root_from_leaf_hashes(hashes[:m]), root_from_leaf_hashes(hashes))
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.integers(2, MAX_LEAVES).flatmap(lambda n: st.tuples(st.integers(1, n - 1), st.just(n))), st.data())
+def test_consistency_fails_with_root_mismatch_when_any_single_bit_flips(
+    case: tuple[int, int], data: st.DataObject
+) -> None:
+    m, n = case
+    hashes = _tree(n)
+    proof = compute_consistency_proof(m, n, _subtree(hashes))
+    items = [root_from_leaf_hashes(hashes[:m]), *proof, root_from_leaf_hashes(hashes)]
+    bit = data.draw(st.integers(0, 256 * len(items) - 1))
+    root1, *mutated_proof, root2 = _flip(items, bit)
+    with pytest.raises(RootMismatchError):
+        verify_consistency(m, n, mutated_proof, root1, root2)
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.integers(1, MAX_LEAVES).flatmap(lambda n: st.tuples(st.just(n), st.integers(0, n - 1))), st.integers(1, 3))
+def test_inclusion_fails_malformed_when_proof_length_changes(case: tuple[int, int], extra: int) -> None:
+    n, i = case
+    hashes = _tree(n)
+    proof = compute_inclusion_proof(i, n, _subtree(hashes))
+    with pytest.raises(MalformedProofError):
+        verify_inclusion(hashes[i], i, n, proof + [bytes(32)] * extra, root_from_leaf_hashes(hashes))
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.binary(max_size=8), max_size=MAX_LEAVES), st.integers(0, MAX_LEAVES))
+def test_frontier_root_equals_reference_when_restored_at_any_point(leaves: list[bytes], cut: int) -> None:
+    cut = min(cut, len(leaves))
+    frontier = Frontier()
+    for leaf in leaves[:cut]:
+        frontier.append(hash_leaf(leaf))
+    assert frontier.root() == reference.mth(leaves[:cut])
+    restored = Frontier(frontier.size, frontier.hashes)
+    for leaf in leaves[cut:]:
+        restored.append(hash_leaf(leaf))
+    assert restored.root() == reference.mth(leaves)
