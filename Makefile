@@ -22,7 +22,7 @@ postgres:
 
 ## make demo: Bastion in front of a real MCP server, an agent session through it, the audit trail verified.
 demo: install peers
-	$(PY) -m bastion.demo
+	$(PY) scripts/demo.py
 
 ## make test: the whole suite (unit, contract on SQLite and PostgreSQL, end-to-end with real peers).
 test: install peers postgres

@@ -25,6 +25,7 @@ from bastion.storage.migrate import SCHEMA_MIGRATIONS_SQL, pending_migrations
 if TYPE_CHECKING:
     from bastion.storage.postgres_keys import PostgresApiKeyStore
     from bastion.storage.postgres_pins import PostgresToolPinStore
+    from bastion.storage.postgres_approvals import PostgresApprovalStore
 
 _SCHEMA_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 _MIGRATION_LOCK = 0x6261_7374  # "bast": serialises migrations of concurrent gateway starts
@@ -107,6 +108,13 @@ class PostgresStore:
         from bastion.storage.postgres_pins import PostgresToolPinStore  # imports _translated from here
 
         return PostgresToolPinStore(self._pool)
+
+    @cached_property
+    def approvals(self) -> PostgresApprovalStore:
+        """The ``ApprovalStore`` of this database; its listener holds one pool connection while listening."""
+        from bastion.storage.postgres_approvals import PostgresApprovalStore  # imports _translated from here
+
+        return PostgresApprovalStore(self._pool)
 
     async def _fetch(self, context: str, sql: str, *params: Any) -> list[asyncpg.Record]:
         with _translated(context):

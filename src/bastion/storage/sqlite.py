@@ -28,6 +28,7 @@ from bastion.storage.base import AppendBatch, LogHead, RecordQuery, check_batch,
 from bastion.storage.migrate import SCHEMA_MIGRATIONS_SQL, pending_migrations
 from bastion.storage.sqlite_keys import SqliteApiKeyStore
 from bastion.storage.sqlite_pins import SqliteToolPinStore
+from bastion.storage.sqlite_approvals import SqliteApprovalStore
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
@@ -230,6 +231,11 @@ class SqliteStore:
     def tool_pins(self) -> SqliteToolPinStore:
         """The ``ToolPinStore`` (a ``PinStore``) of this database."""
         return SqliteToolPinStore(self)
+
+    @cached_property
+    def approvals(self) -> SqliteApprovalStore:
+        """The ``ApprovalStore`` of this database."""
+        return SqliteApprovalStore(self)
 
     # -- AuditStore ------------------------------------------------------------------------------
 
