@@ -16,6 +16,7 @@ from pathlib import Path
 
 import httpx
 import orjson
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -23,6 +24,7 @@ from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
 from bastion import __version__
+from bastion.audit.keys import load_signing_key
 from bastion.audit.log import AuditLog
 from bastion.audit.record import EventKind
 from bastion.config import Settings
@@ -35,6 +37,7 @@ from bastion.policy import PolicyEngine, PolicyWatcher, RateLimiter
 from bastion.proxy.gateway import Gateway
 from bastion.stages.audit import AuditStage, GatewayRecorder
 from bastion.stages.masking import MaskingStage
+from bastion.stages.metrics import Metrics, MetricsStage
 from bastion.stages.policy import PolicyStage
 from bastion.storage import AuditStore, open_store
 from bastion.transport.http import McpHttpEndpoint
@@ -54,6 +57,22 @@ class Runtime:
     gateway: Gateway
     mcp: McpHttpEndpoint
     watcher_task: asyncio.Task[None] | None
+    metrics: Metrics
+
+
+def _gauges(gateway: Gateway, audit: AuditLog) -> list[tuple[str, str, float]]:
+    stats = audit.stats
+    return [
+        ("bastion_sessions", "Open MCP client sessions.", len(gateway.sessions)),
+        ("bastion_upstream_restarts", "Upstream sessions re-established after a crash, summed over open sessions.",
+         sum(link.restarts for s in gateway.sessions.values() for link in s.links.values())),
+        ("bastion_audit_records_committed", "Audit records made durable since start.", stats.records_committed),
+        ("bastion_audit_batches_committed", "Audit group commits since start.", stats.batches_committed),
+        ("bastion_audit_records_lost", "Audit records lost in best_effort mode since start.", stats.records_lost),
+        ("bastion_audit_store_failures", "Failed audit store writes since start.", stats.store_failures),
+        ("bastion_audit_checkpoints", "Signed checkpoints committed since start.", stats.checkpoints_committed),
+        ("bastion_audit_tree_size", "Records in this origin's log.", audit.tree_size),
+    ]
 
 
 def settings_sha256(settings: Settings) -> str:
@@ -74,6 +93,21 @@ async def _policy_source(settings: Settings, recorder: GatewayRecorder) -> tuple
     return (lambda: watcher.engine), watcher
 
 
+def preflight(settings: Settings) -> None:
+    """Check what validation alone cannot: the signing key loads, policy regexes and CEL compile,
+    masking profiles resolve, the policy file (if any) is valid.
+
+    Raises:
+        ConfigError: naming what is wrong.
+    """
+    load_signing_key(path=settings.audit.signing_key_file, env_var=settings.audit.signing_key_env)
+    MaskingEngine(settings.masking)
+    if settings.policy is not None:
+        PolicyEngine(settings.policy)
+    elif settings.policy_file is not None:
+        PolicyEngine.from_file(Path(settings.policy_file))
+
+
 async def start_runtime(settings: Settings) -> Runtime:
     """Open every part; raises (ConfigError, StorageError) if any cannot start."""
     store = await open_store(settings.store)
@@ -85,8 +119,9 @@ async def start_runtime(settings: Settings) -> Runtime:
     engine_source, watcher = await _policy_source(settings, recorder)
     api_keys = getattr(store, "api_keys", None)
     authenticator = Authenticator.from_settings(settings.identity, api_keys)
+    metrics = Metrics()
     pipeline = Pipeline(
-        outer=[AuditStage(audit, masking.masker(None))],
+        outer=[MetricsStage(metrics, settings.upstreams), AuditStage(audit, masking.masker(None))],
         inner=[
             PolicyStage(
                 engine_source,
@@ -98,6 +133,7 @@ async def start_runtime(settings: Settings) -> Runtime:
         ],
     )
     gateway = Gateway(settings, pipeline, UpstreamFactory(settings.upstreams), recorder)
+    metrics.add_gauges(lambda: _gauges(gateway, audit))
 
     async def authenticate(headers: Mapping[str, str], path: str, peer: str | None) -> Principal:
         return await authenticator.authenticate(headers, path=path, peer_host=peer)
@@ -110,7 +146,7 @@ async def start_runtime(settings: Settings) -> Runtime:
          "audit_mode": audit.mode.value, "upstreams": sorted(settings.upstreams)},
     )
     watcher_task = asyncio.create_task(watcher.run(), name="policy-watcher") if watcher is not None else None
-    return Runtime(store, audit, http_client, authenticator, gateway, mcp, watcher_task)
+    return Runtime(store, audit, http_client, authenticator, gateway, mcp, watcher_task, metrics)
 
 
 async def stop_runtime(runtime: Runtime) -> None:
@@ -145,12 +181,25 @@ def create_app(settings: Settings) -> Starlette:
 
     async def readyz(request: Request) -> JSONResponse:
         runtime = state.get("runtime")
-        ready = runtime is not None and runtime.gateway.accepting and runtime.audit.healthy
-        return JSONResponse({"status": "ready" if ready else "not ready"}, status_code=200 if ready else 503)
+        if runtime is None or not runtime.gateway.accepting:
+            return JSONResponse({"status": "not ready", "reason": "starting or stopping"}, status_code=503)
+        factory = runtime.gateway.upstreams
+        names = list(settings.upstreams)
+        problems = dict(zip(names, await asyncio.gather(*(factory.probe(n) for n in names)), strict=True))
+        checks = {"audit_store": "ok" if runtime.audit.healthy else "last write failed"}
+        checks.update({f"upstream:{n}": p or "ok" for n, p in problems.items()})
+        ready = all(v == "ok" for v in checks.values())
+        return JSONResponse({"status": "ready" if ready else "not ready", "checks": checks}, status_code=200 if ready else 503)
 
     async def resource_metadata(request: Request) -> Response:
         path = "/" + request.path_params.get("path", "")
         return JSONResponse(protected_resource_metadata(settings.identity, path if path != "/" else ""))
+
+    async def metrics(request: Request) -> Response:
+        runtime = state.get("runtime")
+        if runtime is None:
+            return Response(status_code=503)
+        return Response(generate_latest(runtime.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -168,6 +217,7 @@ def create_app(settings: Settings) -> Starlette:
             Route("/servers/{name}/mcp", mcp, methods=methods),
             Route("/healthz", healthz),
             Route("/readyz", readyz),
+            Route("/metrics", metrics),
             Route("/.well-known/oauth-protected-resource", resource_metadata),
             Route("/.well-known/oauth-protected-resource/{path:path}", resource_metadata),
         ],

@@ -7,6 +7,7 @@ validation, so secrets stay out of the file. Every section is a pydantic model w
 
 from __future__ import annotations
 
+import fnmatch
 import os
 import re
 from pathlib import Path
@@ -29,6 +30,18 @@ class Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+class CallerCredential(Model):
+    """Upstream credentials for the callers this entry matches (first match wins)."""
+
+    subject: str = Field("*", description="Glob on the caller's subject.")
+    groups: list[str] = Field(default_factory=list, description="The caller must be in one of these groups (empty: any).")
+    headers: dict[str, str] = Field(default_factory=dict, description="Headers added for these callers (HTTP upstreams).")
+    env: dict[str, str] = Field(default_factory=dict, description="Environment added for these callers (stdio upstreams).")
+
+    def matches(self, subject: str, groups: frozenset[str]) -> bool:
+        return fnmatch.fnmatchcase(subject, self.subject) and (not self.groups or bool(groups.intersection(self.groups)))
+
+
 class UpstreamSettings(Model):
     """One upstream MCP server: a stdio child (``command``) or an HTTP endpoint (``url``)."""
 
@@ -44,6 +57,10 @@ class UpstreamSettings(Model):
     connect_timeout_s: float = Field(10.0, gt=0, description="Longest wait to start or reach the upstream and initialize it.")
     trusted: bool = Field(False, description="Trust the upstream's tool annotations (destructiveHint, readOnlyHint) in policy.")
     restart_backoff_s: float = Field(0.5, gt=0, description="First delay before restarting a crashed stdio child; doubles up to 30 s.")
+    credentials: list[CallerCredential] = Field(
+        default_factory=list,
+        description="Per-caller upstream credentials; when set, a caller matching no entry is refused (never sent with none).",
+    )
 
     @model_validator(mode="after")
     def _one_kind(self) -> UpstreamSettings:

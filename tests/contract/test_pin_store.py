@@ -99,7 +99,8 @@ async def test_pins_read_back_identically_when_stored_per_server(pins: ToolPinSt
 
 
 async def test_definition_keeps_key_order_when_read_back(pins: ToolPinStore) -> None:
-    pin = ToolPin("db", "z", "0" * 64, {"name": "z", "inputSchema": {"b": 1, "a": [2.5, None, True]}, "description": "d"})
+    definition = {"name": "z", "inputSchema": {"b": 1, "a": [2.5, None, True]}, "description": "d"}
+    pin = ToolPin("db", "z", "0" * 64, definition)
     await pins.store_pin(pin)
     stored = (await pins.fetch_pins("db"))["z"]
     assert list(stored.definition) == ["name", "inputSchema", "description"]
@@ -148,7 +149,8 @@ async def test_listings_are_ordered_and_filtered_when_several_servers_exist(pins
     for server, name in (("fs", "read"), ("db", "query"), ("db", "ddl")):
         await pins.store_pin(make_pin(server, tool(name)))
         await pins.store_pending(change(server, tool(name), tool(name, "changed")))
-    assert [(r.pin.server, r.pin.name) for r in await pins.list_pins()] == [("db", "ddl"), ("db", "query"), ("fs", "read")]
+    assert [(r.pin.server, r.pin.name) for r in await pins.list_pins()] == [
+        ("db", "ddl"), ("db", "query"), ("fs", "read")]
     assert [r.pin.name for r in await pins.list_pins("fs")] == ["read"]
     assert [(c.new.server, c.new.name) for c in await pins.list_pending()] == [
         ("db", "ddl"), ("db", "query"), ("fs", "read")]

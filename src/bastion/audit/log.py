@@ -27,6 +27,7 @@ from bastion.audit.hashing import hash_leaf
 from bastion.audit.keys import SigningKey, load_signing_key
 from bastion.audit.record import AuditEvent, EventKind, render_body, render_time
 from bastion.audit.settings import AuditMode, AuditSettings
+from bastion.audit.sinks import SinkFanout, build_sinks
 from bastion.audit.witness import WitnessFanout, build_witnesses
 from bastion.errors import BastionError, ConfigError, StorageError
 from bastion.storage.base import AppendBatch, AuditStore, LogHead, RecordQuery
@@ -84,6 +85,7 @@ class AuditLog:
         mode: AuditMode = AuditMode.DURABLE,
         checkpoints: CheckpointPolicy = CheckpointPolicy(),
         witnesses: WitnessFanout | None = None,
+        sinks: SinkFanout | None = None,
         max_queue_records: int = 10_000,
         max_batch_records: int = 1024,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
@@ -94,6 +96,8 @@ class AuditLog:
         self._mode = mode
         self._policy = checkpoints
         self._witnesses = witnesses
+        self.sinks = sinks
+        """Copies of committed records for SIEMs (best-effort; the store stays the truth)."""
         self._max_batch = max_batch_records
         self._clock = clock
         self._queue: asyncio.Queue[_Pending | object] = asyncio.Queue(max_queue_records)
@@ -125,6 +129,7 @@ class AuditLog:
                 settings.checkpoint_every_records, settings.checkpoint_every_s, settings.heartbeat_s
             ),
             witnesses=build_witnesses(settings.witnesses, http_client),
+            sinks=build_sinks(settings.sinks, http_client),
             max_queue_records=settings.max_queue_records,
             max_batch_records=settings.max_batch_records,
         )
@@ -155,6 +160,8 @@ class AuditLog:
         self._checkpoint_size = latest.tree_size if latest is not None else -1
         if self._witnesses is not None:
             self._witnesses.start()
+        if self.sinks is not None:
+            self.sinks.start()
         self._task = asyncio.create_task(self._serve(), name=f"audit-writer:{self._origin}")
 
     async def append(self, event: AuditEvent) -> Receipt:
@@ -204,6 +211,8 @@ class AuditLog:
         await self._task
         if self._witnesses is not None:
             await self._witnesses.aclose()
+        if self.sinks is not None:
+            await self.sinks.aclose()
 
     # -- writer task -----------------------------------------------------------------------------
 
@@ -278,6 +287,8 @@ class AuditLog:
         self._lost_unrecorded = 0
         self.stats.records_committed += len(entries)
         self.stats.batches_committed += 1
+        if self.sinks is not None:
+            self.sinks.offer(entries)  # never blocks or raises: the batch is already committed
         for pending, entry in accepted:
             if pending.waiter is not None and not pending.waiter.done():
                 pending.waiter.set_result(Receipt(entry.seq, entry.leaf_hash))

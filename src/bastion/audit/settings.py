@@ -13,6 +13,8 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, HttpUrl, SecretStr, model_validator
 
+from bastion.audit.sinks import SinkSettings
+
 
 class AuditMode(StrEnum):
     """What happens when a record cannot be made durable."""
@@ -70,6 +72,8 @@ class AuditSettings(_Section):
     """Appends wait (backpressure) once this many records are queued for the writer."""
     max_batch_records: int = Field(default=1024, ge=1)
     witnesses: WitnessSettings = WitnessSettings()
+    sinks: list[SinkSettings] = []
+    """Where copies of committed records are streamed (JSON Lines, OTLP, syslog); best-effort."""
 
     @model_validator(mode="after")
     def _one_key_source(self) -> AuditSettings:

@@ -24,6 +24,7 @@ from bastion.audit.entry import LogEntry, StoredCheckpoint
 from bastion.audit.keys import (
     KeyFormatError,
     KeyRing,
+    SigningKey,
     generate_signing_key,
     load_signing_key,
     parse_key_ring,
@@ -31,11 +32,13 @@ from bastion.audit.keys import (
     render_vkey,
 )
 from bastion.audit.log import AuditLog
-from bastion.errors import BastionError, ConfigError, StorageError
+from bastion.cli._store import add_store_argument, render_table, resolve_store_url
+from bastion.errors import BastionError, ConfigError, StorageError, VerificationError
 from bastion.storage import AuditStore, RecordQuery, open_store
 from bastion.verifier import Options, Report
 
 T = TypeVar("T")
+DEFAULT_OPTIONS = Options()
 _UNSAFE = re.compile("[\\\\\x00-\x1f\x7f-\x9f\u200e\u200f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
 
 
@@ -65,20 +68,20 @@ def register(commands: Any) -> None:
     p.set_defaults(run=run_pubkey)
 
     p = sub.add_parser("verify", help="verify a stored or exported log offline (exit 0 ok, 1 failed, 2 bad input)")
-    source = p.add_mutually_exclusive_group(required=True)
-    source.add_argument("--store", help="store URL (only read)")
+    source = p.add_mutually_exclusive_group()
+    source.add_argument("--store", metavar="URL", help="store URL, only read (default: $BASTION_STORE)")
     source.add_argument("--export", help="JSON Lines file written by 'bastion audit export'")
     p.add_argument("--keys", required=True, help="key ring file: one vkey per line, optional from=/until=")
     p.add_argument("--trusted", help="a signed checkpoint obtained independently (e.g. from a witness)")
     _origins(p)
-    p.add_argument("--max-gap-records", type=int, default=Options.max_records_between_checkpoints)
-    p.add_argument("--max-gap-seconds", type=float, default=Options.max_seconds_between_checkpoints)
+    p.add_argument("--max-gap-records", type=int, default=DEFAULT_OPTIONS.max_records_between_checkpoints)
+    p.add_argument("--max-gap-seconds", type=float, default=DEFAULT_OPTIONS.max_seconds_between_checkpoints)
     p.add_argument("--now", action="store_true", help="also flag an unsigned tail older than --max-gap-seconds")
     p.add_argument("--json", action="store_true")
     p.set_defaults(run=run_verify)
 
     p = sub.add_parser("proof", help="inclusion proof of one record against the latest checkpoint (JSON)")
-    p.add_argument("--store", required=True)
+    add_store_argument(p)
     p.add_argument("--origin", required=True)
     p.add_argument("--seq", type=int, required=True)
     p.add_argument("--keys", help="check the checkpoint's signature against this key ring first")
@@ -92,7 +95,7 @@ def register(commands: Any) -> None:
     p.set_defaults(run=run_verify_proof)
 
     p = sub.add_parser("export", help="write records and checkpoints as JSON Lines, verifiable with verify --export")
-    p.add_argument("--store", required=True)
+    add_store_argument(p)
     _origins(p)
     p.add_argument("--keys", help="key ring; its key names are the default origins")
     p.add_argument("--from", dest="time_from", help="first record time (RFC 3339, inclusive)")
@@ -104,7 +107,7 @@ def register(commands: Any) -> None:
     p.set_defaults(run=run_export)
 
     p = sub.add_parser("search", help="find records (newest first)")
-    p.add_argument("--store", required=True)
+    add_store_argument(p)
     p.add_argument("--origin")
     p.add_argument("--subject")
     p.add_argument("--tool")
@@ -118,7 +121,7 @@ def register(commands: Any) -> None:
     p.set_defaults(run=run_search)
 
     p = sub.add_parser("show", help="one interaction: request, decision and response records")
-    p.add_argument("--store", required=True)
+    add_store_argument(p)
     p.add_argument("--origin", required=True)
     p.add_argument("--seq", type=int, required=True)
     p.add_argument("--window", type=int, default=1000, help="records after the request searched for its replies")
@@ -126,7 +129,7 @@ def register(commands: Any) -> None:
     p.set_defaults(run=run_show)
 
     p = sub.add_parser("tail", help="print the newest records; --follow keeps polling for new ones")
-    p.add_argument("--store", required=True)
+    add_store_argument(p)
     p.add_argument("--origin", required=True)
     p.add_argument("--last", type=int, default=10)
     p.add_argument("--follow", "-f", action="store_true")
@@ -135,7 +138,7 @@ def register(commands: Any) -> None:
     p.set_defaults(run=run_tail)
 
     p = sub.add_parser("prune", help="delete records below SEQ behind a signed retention checkpoint")
-    p.add_argument("--store", required=True)
+    add_store_argument(p)
     p.add_argument("--origin", required=True)
     p.add_argument("--before", type=int, required=True, help="first seq to keep")
     _key_source(p, required=True)
@@ -158,8 +161,17 @@ def _origins(parser: argparse.ArgumentParser) -> None:
 # -- shared helpers ----------------------------------------------------------------------------------
 
 
-def _load_key(args: argparse.Namespace) -> Any:
-    return load_signing_key(path=args.key, env_var=args.key_env) if args.key else load_signing_key(env_var=args.key_env)
+def _load_key(args: argparse.Namespace) -> SigningKey | None:
+    if args.key is None and args.key_env is None:
+        return None
+    return load_signing_key(path=args.key, env_var=args.key_env)
+
+
+def _require_key(args: argparse.Namespace) -> SigningKey:
+    key = _load_key(args)
+    if key is None:
+        raise BadInputError("give --key FILE or --key-env VAR")
+    return key
 
 
 def _read_text(path: str, what: str) -> str:
@@ -192,6 +204,10 @@ def _resolve_origins(args: argparse.Namespace, ring: KeyRing | None) -> list[str
     return origins
 
 
+def _store_url(args: argparse.Namespace) -> str:
+    return resolve_store_url(args)
+
+
 async def _with_store(url: str, work: Callable[[AuditStore], Awaitable[T]]) -> T:
     store = await open_store(url)
     try:
@@ -218,17 +234,16 @@ def _entry_json(entry: LogEntry) -> dict[str, Any]:
             "leaf_hash": entry.leaf_hash.hex(), "body": body}
 
 
-def _entry_line(entry: LogEntry) -> str:
+TABLE_HEADER = ("TIME", "ORIGIN", "SEQ", "KIND", "OUTCOME", "SUBJECT", "METHOD", "NAME", "SESSION")
+
+
+def _entry_row(entry: LogEntry) -> tuple[str | None, ...]:
     doc = _entry_json(entry)["body"]
     doc = doc if isinstance(doc, dict) else {}
-    who, what = doc.get("who") or {}, doc.get("what") or {}
-    cells = [entry.time, entry.origin, str(entry.seq), entry.kind, str(doc.get("outcome") or "-"),
-             str(who.get("subject") or "-"), str(what.get("method") or "-"), str(what.get("name") or "-"),
-             str((doc.get("correlation") or {}).get("session_id") or "-")]
-    return "  ".join(escape(c) for c in cells)
-
-
-TABLE_HEADER = "TIME  ORIGIN  SEQ  KIND  OUTCOME  SUBJECT  METHOD  NAME  SESSION"
+    who, what, correlation = (doc.get(g) if isinstance(doc.get(g), dict) else {} for g in ("who", "what", "correlation"))
+    cells = [entry.time, entry.origin, entry.seq, entry.kind, doc.get("outcome"), who.get("subject"),
+             what.get("method"), what.get("name"), correlation.get("session_id")]
+    return tuple(None if c is None else escape(str(c)) for c in cells)
 
 
 # -- keys ------------------------------------------------------------------------------------------------
@@ -247,7 +262,7 @@ def run_keygen(args: argparse.Namespace) -> int:
 
 
 def run_pubkey(args: argparse.Namespace) -> int:
-    print(render_vkey(_load_key(args).public()))
+    print(render_vkey(_require_key(args).public()))
     return 0
 
 
@@ -287,7 +302,7 @@ def run_verify(args: argparse.Namespace) -> int:
             origins = _resolve_origins(args, ring)
             if trusted is not None and trusted.origin not in origins:
                 origins.append(trusted.origin)
-            report = _run(_with_store(args.store, lambda store: _verify_store(store, origins, ring, trusted, options)))
+            report = _run(_with_store(_store_url(args), lambda store: _verify_store(store, origins, ring, trusted, options)))
     except (ConfigError, StorageError, export.ExportFormatError) as exc:
         return _fail_input(exc)
     print(report.to_json() if args.json else report.render_text(), end="\n" if args.json else "")
@@ -306,3 +321,138 @@ async def _verify_store(
     finally:
         if progress is not None:
             progress.close()
+
+
+# -- proofs ----------------------------------------------------------------------------------------------
+
+
+def run_proof(args: argparse.Namespace) -> int:
+    ring = _load_ring(args.keys) if args.keys else None
+    proof = _run(_with_store(_store_url(args), lambda store: reading.build_inclusion_proof(store, args.origin, args.seq)))
+    if ring is not None:
+        export.verify_proof(proof, ring)
+    text = export.render_proof(proof)
+    if args.out:
+        Path(args.out).write_text(text, encoding="utf-8")
+    else:
+        print(text, end="")
+    return 0
+
+
+def run_verify_proof(args: argparse.Namespace) -> int:
+    try:
+        ring = _load_ring(args.keys)
+        proof = export.parse_proof(_read_text(args.file, "proof"))
+    except (ConfigError, export.ExportFormatError) as exc:
+        return _fail_input(exc)
+    try:
+        export.verify_proof(proof, ring)
+    except VerificationError as exc:
+        reason = f"{type(exc).__name__}: {exc}"
+        print(json.dumps({"ok": False, "reason": reason}) if args.json else f"result: FAILED\n{escape(reason)}")
+        return 1
+    where = f"{proof.origin} seq {proof.leaf_index} in tree size {proof.tree_size}"
+    print(json.dumps({"ok": True, "origin": proof.origin, "leaf_index": proof.leaf_index, "tree_size": proof.tree_size})
+          if args.json else f"result: OK\nrecord {escape(where)} is in the signed log")
+    return 0
+
+
+# -- export ----------------------------------------------------------------------------------------------
+
+
+def run_export(args: argparse.Namespace) -> int:
+    ring = _load_ring(args.keys) if args.keys else None
+    origins = _resolve_origins(args, ring)
+    key = _require_key(args) if args.record_as else None
+    window = export.ExportWindow(args.time_from, args.time_to)
+    try:
+        handle = open(args.out, "x", encoding="utf-8")  # noqa: SIM115 - closed below, after the async work
+    except OSError as exc:
+        raise BadInputError(f"cannot create {args.out}: {exc.strerror}") from exc
+
+    async def work(store: AuditStore) -> export.ExportStats:
+        if key is not None:
+            detail = {"origins": origins, "from": args.time_from, "to": args.time_to, "file": Path(args.out).name}
+            log = AuditLog(store, origin=args.record_as, signing_key=key)
+            await log.start()
+            try:
+                await log.append_export(subject=args.subject, detail={k: v for k, v in detail.items() if v})
+            finally:
+                await log.aclose()
+        return await export.write_export(store, origins, window, handle)
+
+    try:
+        with handle:
+            stats = _run(_with_store(_store_url(args), work))
+    except BaseException:
+        Path(args.out).unlink(missing_ok=True)  # never leave a partial export that looks complete
+        raise
+    print(f"exported {stats.records} records and {stats.checkpoints} checkpoints of "
+          f"{', '.join(escape(o) for o in stats.origins)} to {escape(args.out)}", file=sys.stderr)
+    return 0
+
+
+# -- reading ---------------------------------------------------------------------------------------------
+
+
+def run_search(args: argparse.Namespace) -> int:
+    query = RecordQuery(
+        origin=args.origin, subject=args.subject, tool=args.tool, session_id=args.session, outcome=args.outcome,
+        kind=args.kind, time_from=args.since, time_to=args.until, limit=args.limit,
+    )
+    found = _run(_with_store(_store_url(args), lambda store: store.search_entries(query)))
+    _print_entries(found, args.json, header=True)
+    return 0
+
+
+def run_show(args: argparse.Namespace) -> int:
+    found = _run(_with_store(_store_url(args), lambda s: reading.fetch_interaction(s, args.origin, args.seq, args.window)))
+    if args.json:
+        print(json.dumps([_entry_json(e) for e in found], ensure_ascii=True, indent=2))
+        return 0
+    for entry in found:
+        role = "request" if entry is found[0] else entry.kind
+        print(f"== {escape(role)}: {escape(entry.origin)} seq {entry.seq} at {escape(entry.time)}")
+        # ensure_ascii escapes every control and non-ASCII character inside strings: no forged lines.
+        print(json.dumps(_entry_json(entry)["body"], ensure_ascii=True, indent=2, sort_keys=True))
+    return 0
+
+
+def run_tail(args: argparse.Namespace) -> int:
+    async def work(store: AuditStore) -> None:
+        start = await reading.fetch_tail_start(store, args.origin, args.last)
+        async for entry in reading.follow_entries(store, args.origin, start, args.poll_s, args.follow):
+            _print_entries([entry], args.json, header=False)
+            sys.stdout.flush()
+
+    _run(_with_store(_store_url(args), work))
+    return 0
+
+
+def _print_entries(entries: list[LogEntry], as_json: bool, *, header: bool) -> None:
+    if as_json:
+        for entry in entries:
+            print(json.dumps(_entry_json(entry), ensure_ascii=True, sort_keys=True))
+        return
+    rows = [_entry_row(entry) for entry in entries]
+    if header:
+        print(render_table(TABLE_HEADER, rows))
+        return
+    for row in rows:
+        print("  ".join("-" if cell is None else cell for cell in row))
+
+
+# -- retention -------------------------------------------------------------------------------------------
+
+
+def run_prune(args: argparse.Namespace) -> int:
+    key = _require_key(args)
+    result = _run(_with_store(_store_url(args), lambda store: retention.prune(store, args.origin, args.before, key)))
+    if args.json:
+        print(json.dumps({"origin": result.origin, "first_retained_seq": result.tree_size,
+                          "records_deleted": result.records_deleted, "checkpoint": result.note}))
+    else:
+        print(f"pruned {result.records_deleted} records of {escape(result.origin)} below seq {result.tree_size}; "
+              "retention checkpoint:")
+        print(result.note, end="")
+    return 0

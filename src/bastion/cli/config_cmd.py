@@ -6,6 +6,7 @@ import argparse
 import json
 from typing import Any
 
+from bastion.app import preflight
 from bastion.config import Settings, load_settings
 
 
@@ -21,6 +22,7 @@ def register(commands: Any) -> None:
 
 def run_check(args: argparse.Namespace) -> int:
     settings = load_settings(args.file)
+    preflight(settings)
     print(f"{args.file}: OK ({len(settings.upstreams)} upstreams: {', '.join(settings.upstreams)})")
     return 0
 

@@ -10,10 +10,11 @@ Every upstream-bound request becomes an Exchange and runs the whole pipeline.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from typing import TYPE_CHECKING, Any, Protocol
 
 from bastion import __version__
-from bastion.errors import ProtocolError, UpstreamError
+from bastion.errors import DenialError, ProtocolError, UpstreamError
 from bastion.exchange import Exchange, Reply
 from bastion.jsonrpc import codes
 from bastion.jsonrpc.envelope import Message, error_body
@@ -60,8 +61,10 @@ async def _run(session: DownstreamSession, link: UpstreamLink, method: str, para
         return await link.request(ex.method, ex.params, context=inflight)
 
     ex = session.exchange(method, params, request_id, link.name, deliver, name=target_name(method, params))
-    if inflight is not None and inflight.progress_token is not None:
-        ex.progress = _progress_sender(session, inflight.progress_token)
+    if inflight is not None:
+        ex.traceparent = inflight.traceparent
+        if inflight.progress_token is not None:
+            ex.progress = _progress_sender(session, inflight.progress_token)
     reply = await session.gateway.pipeline(ex)
     assert reply is not None
     return reply
@@ -83,7 +86,7 @@ def _progress_sender(session: DownstreamSession, token: Any) -> Any:
 def _link(session: DownstreamSession, upstream: str) -> UpstreamLink:
     link = session.links.get(upstream)
     if link is None:
-        link = session.gateway.upstreams.link(upstream, session.on_server_message)
+        link = session.gateway.upstreams.link(upstream, session.on_server_message, session.caller.principal)
         session.links[upstream] = link
     return link
 
@@ -151,13 +154,16 @@ class FederatedEndpoint:
         requested = params.get("protocolVersion")
         version = requested if requested in SUPPORTED_VERSIONS else LATEST_VERSION
         upstream_params = {**params, "protocolVersion": version}
+        links = []
+        for name in self.upstreams:
+            with contextlib.suppress(DenialError):  # no upstream credential for this caller: not offered
+                links.append(_link(session, name))
         replies = await asyncio.gather(
-            *(_run(session, _link(session, name), "initialize", upstream_params, request_id) for name in self.upstreams),
-            return_exceptions=True,
+            *(_run(session, link, "initialize", upstream_params, request_id) for link in links), return_exceptions=True
         )
         capabilities: dict[str, Any] = {}
         instructions = []
-        for name, reply in zip(self.upstreams, replies, strict=True):
+        for name, reply in zip([link.name for link in links], replies, strict=True):
             if not isinstance(reply, dict) or "result" not in reply:
                 session.links.pop(name, None)
                 continue

@@ -36,6 +36,8 @@ class Gateway:
         self.per_server = {name: ServerEndpoint(name) for name in settings.upstreams}
         self._reaper: asyncio.Task[None] | None = None
         self.accepting = True
+        self.stopping = asyncio.Event()
+        """Set when shutdown begins: standalone GET streams end so connections can drain."""
 
     def endpoint_for(self, upstream: str | None) -> Endpoint | None:
         """The federated endpoint for None, the per-server one for a configured name, else None."""
@@ -74,8 +76,13 @@ class Gateway:
                     log.info("closing idle session", extra={"session": session_id})
                     await self.close_session(session_id)
 
-    async def aclose(self) -> None:
+    def begin_shutdown(self) -> None:
+        """Stop taking new sessions and end GET streams; in-flight calls go on to completion."""
         self.accepting = False
+        self.stopping.set()
+
+    async def aclose(self) -> None:
+        self.begin_shutdown()
         if self._reaper is not None:
             self._reaper.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -42,6 +42,7 @@ class Inflight:
     task: asyncio.Task[None]
     stream: ReplyStream
     progress_token: Any
+    traceparent: str | None
 
 
 class DownstreamSession:
@@ -115,13 +116,13 @@ class DownstreamSession:
         task.add_done_callback(self._tasks.discard)
         return task
 
-    def start_request(self, message: Message, stream: ReplyStream) -> None:
+    def start_request(self, message: Message, stream: ReplyStream, traceparent: str | None = None) -> None:
         """Run one client request in its own task; its reply lands on ``stream``."""
         request_id: RequestId = message["id"]
         meta = (message.get("params") or {}).get("_meta") or {}
         token = meta.get("progressToken") if isinstance(meta, dict) else None
         task = self.spawn(self._run_request(message, stream))
-        entry = Inflight(task, stream, token)
+        entry = Inflight(task, stream, token, traceparent)
         self._inflight[request_id] = entry
         if token is not None:
             self._by_token[token] = entry

@@ -14,11 +14,11 @@ import logging
 import queue
 import sqlite3
 import threading
-from functools import cached_property
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import cached_property
 from typing import Any, TypeVar
 
 from bastion.audit.entry import LogEntry, StoredCheckpoint

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
@@ -197,7 +198,7 @@ class McpHttpEndpoint:
 
         stream = session.open_stream([m["id"] for m in requests])
         for message in requests:
-            session.start_request(message, stream)
+            session.start_request(message, stream, _traceparent(headers))
         extra = {"mcp-session-id": session.id}
         first = await stream.next()
         items = [first, *stream.drain()]
@@ -264,11 +265,18 @@ class McpHttpEndpoint:
         try:
             for seq, _, data in first_items:
                 await _send_chunk(send, render_event(data, stream.event_id(seq)))
+            stopping = self.gateway.stopping
             while not stream.finished and not disconnected.is_set() and not session.closed:
+                if stream.is_get and stopping.is_set():
+                    break
                 next_item = asyncio.create_task(stream.next())
                 gone = asyncio.create_task(disconnected.wait())
-                done, _ = await asyncio.wait({next_item, gone}, timeout=_KEEPALIVE_S, return_when=asyncio.FIRST_COMPLETED)
+                stop = asyncio.create_task(stopping.wait())
+                done, _ = await asyncio.wait(
+                    {next_item, gone, stop}, timeout=_KEEPALIVE_S, return_when=asyncio.FIRST_COMPLETED
+                )
                 gone.cancel()
+                stop.cancel()
                 if next_item not in done:
                     next_item.cancel()
                     with contextlib.suppress(asyncio.CancelledError):
@@ -285,6 +293,15 @@ class McpHttpEndpoint:
         finally:
             watcher.cancel()
             session.release_stream(stream)
+
+
+_TRACEPARENT = re.compile(r"^[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$")
+
+
+def _traceparent(headers: Mapping[str, str]) -> str | None:
+    """The W3C ``traceparent`` header if well-formed (it goes into audit records verbatim)."""
+    value = headers.get("traceparent", "").strip().lower()
+    return value if _TRACEPARENT.match(value) else None
 
 
 def _upstream_of(endpoint_path: str) -> str | None:
