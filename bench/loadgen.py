@@ -177,7 +177,7 @@ class HttpSession:
 
 
 def _check(body: bytes, tool: str) -> None:
-    if b'"result"' not in body or b'"isError":true' in body or len(body) < MIN_BYTES[tool.rsplit("__", 1)[-1]]:
+    if b'"result"' not in body or b'"isError":true' in body or len(body) < MIN_BYTES["large" if tool.endswith("large") else "small"]:
         raise CallError(f"bad reply ({len(body)} B): {body[:300]!r}")
 
 

@@ -271,6 +271,15 @@ async def measure_paths(plan: Plan, paths: dict[str, dict[str, Any]], procs_per_
             for name in names:
                 p = paths[name]
                 pool = plan.open_pool[p["transport"]]
+                capacity = max((r["calls_per_s"] for r in throughput if r["path"] == name and r["tool"] == tool), default=0.0)
+                if capacity < rate / 1.5:
+                    # Far beyond what the path sustains closed-loop: the queue would only grow for
+                    # the whole window. Recorded as not kept up rather than run for minutes.
+                    openloop.append({"path": name, "tool": tool, "rate": rate, "sessions": pool, "offered_calls": 0, "calls": 0,
+                                     "errors": 0, "error_samples": [], "cpu_s": None, "cpu_s_per_1000": None, "kept_up": False,
+                                     "over_capacity": f"closed-loop max {capacity}/s < {rate}/1.5", **loadgen.percentiles([])})
+                    log(f"  open {rate:>5}/s {tool:5} {name:24} skipped: over capacity ({capacity}/s closed-loop)")
+                    continue
                 sessions = await loadgen.open_sessions(p["target"], pool)
                 cpu0 = cpu_seconds(p["pid"]) if p.get("pid") else None
                 try:

@@ -20,10 +20,13 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
+from starlette.routing import Mount, Route, Router
 from starlette.types import Receive, Scope, Send
 
 from bastion import __version__
+from bastion.admin.approvals import approval_routes
+from bastion.approval import ApprovalService
+from bastion.approval.notify import Notifier, SlackNotifier, WebhookNotifier
 from bastion.audit.keys import load_signing_key
 from bastion.audit.log import AuditLog
 from bastion.audit.record import EventKind
@@ -31,15 +34,17 @@ from bastion.config import Settings
 from bastion.identity.authenticator import Authenticator
 from bastion.identity.principal import Principal
 from bastion.identity.resource import protected_resource_metadata
-from bastion.masking import MaskingEngine
+from bastion.masking import MaskingEngine, mask_arguments
 from bastion.pipeline.runner import Pipeline
 from bastion.policy import PolicyEngine, PolicyWatcher, RateLimiter
 from bastion.proxy.gateway import Gateway
+from bastion.stages.approval import ApprovalStage, ApprovalStageOptions
 from bastion.stages.audit import AuditStage, GatewayRecorder
 from bastion.stages.masking import MaskingStage
 from bastion.stages.metrics import Metrics, MetricsStage
+from bastion.stages.pinning import ToolPinning
 from bastion.stages.policy import PolicyStage
-from bastion.storage import AuditStore, open_store
+from bastion.storage import Store, open_store
 from bastion.transport.http import McpHttpEndpoint
 from bastion.upstream.factory import UpstreamFactory
 
@@ -50,7 +55,7 @@ log = logging.getLogger("bastion.app")
 class Runtime:
     """Everything the lifespan started, in start order."""
 
-    store: AuditStore
+    store: Store
     audit: AuditLog
     http_client: httpx.AsyncClient
     authenticator: Authenticator
@@ -58,6 +63,9 @@ class Runtime:
     mcp: McpHttpEndpoint
     watcher_task: asyncio.Task[None] | None
     metrics: Metrics
+    admin: Router
+    approvals: ApprovalService
+    exit_stack: contextlib.AsyncExitStack
 
 
 def _gauges(gateway: Gateway, audit: AuditLog) -> list[tuple[str, str, float]]:
@@ -117,8 +125,11 @@ async def start_runtime(settings: Settings) -> Runtime:
     masking = MaskingEngine(settings.masking)
     recorder = GatewayRecorder(audit, masking.masker(None))
     engine_source, watcher = await _policy_source(settings, recorder)
-    api_keys = getattr(store, "api_keys", None)
-    authenticator = Authenticator.from_settings(settings.identity, api_keys)
+    authenticator = Authenticator.from_settings(settings.identity, store.api_keys)
+    approvals = _approval_service(settings, store, audit, http_client)
+    exit_stack = contextlib.AsyncExitStack()
+    await exit_stack.enter_async_context(approvals.running())
+    display_masker = masking.masker(None)
     metrics = Metrics()
     pipeline = Pipeline(
         outer=[MetricsStage(metrics, settings.upstreams), AuditStage(audit, masking.masker(None))],
@@ -127,7 +138,13 @@ async def start_runtime(settings: Settings) -> Runtime:
                 engine_source,
                 RateLimiter(),
                 frozenset(name for name, up in settings.upstreams.items() if up.trusted),
-                approvals_enabled=False,
+                approvals_enabled=True,
+                pinning=ToolPinning(store.tool_pins, lambda change: recorder.gateway(EventKind.CONFIG_CHANGED, change)),
+            ),
+            ApprovalStage(
+                approvals,
+                lambda args: mask_arguments(display_masker, args).value,
+                ApprovalStageOptions(grant_s_by_rule=settings.approval.grants_s),
             ),
             MaskingStage(masking, settings.masking.mask_arguments_upstream),
         ],
@@ -139,6 +156,11 @@ async def start_runtime(settings: Settings) -> Runtime:
         return await authenticator.authenticate(headers, path=path, peer_host=peer)
 
     mcp = McpHttpEndpoint(gateway, authenticate, recorder.refusal)
+
+    async def authenticate_admin(headers: Mapping[str, str]) -> Principal:
+        return await authenticator.authenticate(headers, path="/admin")
+
+    admin = Router(routes=approval_routes(approvals, authenticate_admin))
     await gateway.start()
     await recorder.gateway(
         EventKind.GATEWAY_STARTED,
@@ -146,7 +168,25 @@ async def start_runtime(settings: Settings) -> Runtime:
          "audit_mode": audit.mode.value, "upstreams": sorted(settings.upstreams)},
     )
     watcher_task = asyncio.create_task(watcher.run(), name="policy-watcher") if watcher is not None else None
-    return Runtime(store, audit, http_client, authenticator, gateway, mcp, watcher_task, metrics)
+    return Runtime(store, audit, http_client, authenticator, gateway, mcp, watcher_task, metrics, admin, approvals, exit_stack)
+
+
+def _approval_service(settings: Settings, store: Store, audit: AuditLog, http_client: httpx.AsyncClient) -> ApprovalService:
+    options = settings.approval
+    notifiers: list[Notifier] = []
+    if options.webhook is not None:
+        notifiers.append(
+            WebhookNotifier(options.webhook.url, options.webhook.secret.encode(), http_client, link_base=options.console_url)
+        )
+    if options.slack_webhook_url is not None:
+        notifiers.append(SlackNotifier(options.slack_webhook_url, http_client, link_base=options.console_url))
+    return ApprovalService(
+        store.approvals,
+        audit.append,
+        instance=settings.audit.origin,  # one origin per gateway instance, stable across restarts
+        default_approver_groups=frozenset(options.default_approver_groups),
+        notifiers=notifiers,
+    )
 
 
 async def stop_runtime(runtime: Runtime) -> None:
@@ -156,6 +196,7 @@ async def stop_runtime(runtime: Runtime) -> None:
         with contextlib.suppress(asyncio.CancelledError):
             await runtime.watcher_task
     await runtime.gateway.aclose()
+    await runtime.exit_stack.aclose()  # the approval service: notifier tasks, expiry sweep, LISTEN
     await runtime.authenticator.aclose()
     with contextlib.suppress(Exception):
         await runtime.gateway.recorder.gateway(EventKind.GATEWAY_STOPPED, {"version": __version__})
@@ -210,9 +251,16 @@ def create_app(settings: Settings) -> Starlette:
         finally:
             await stop_runtime(state.pop("runtime"))
 
+    class _Admin:
+        """Forwards to the admin API of the running runtime (built in the lifespan)."""
+
+        async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+            await state["runtime"].admin(scope, receive, send)
+
     methods = ["GET", "POST", "DELETE"]
     return Starlette(
         routes=[
+            Mount("/admin", app=_Admin()),
             Route("/mcp", mcp, methods=methods),
             Route("/servers/{name}/mcp", mcp, methods=methods),
             Route("/healthz", healthz),

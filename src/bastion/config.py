@@ -90,6 +90,27 @@ class HttpSettings(Model):
     shutdown_grace_s: float = Field(10.0, ge=0, description="How long in-flight calls may finish after a stop signal.")
 
 
+class WebhookSettings(Model):
+    """A generic approval webhook: JSON body signed with HMAC-SHA256 of ``secret``."""
+
+    url: str = Field(description="Where approval requests are POSTed.")
+    secret: str = Field(min_length=16, description="HMAC-SHA256 key for the X-Bastion-Signature header.")
+
+
+class ApprovalSettings(Model):
+    """Human approval of calls a policy rule marks ``require_approval``."""
+
+    default_approver_groups: list[str] = Field(
+        default_factory=list, description="Approver groups for rules that name none (empty: such rules can never be approved)."
+    )
+    grants_s: dict[str, float] = Field(
+        default_factory=dict, description="Rule id → seconds: an approval under that rule grants a time-box for the subject and tool."
+    )
+    console_url: str | None = Field(None, description="Base URL for links in notifications.")
+    webhook: WebhookSettings | None = Field(None, description="Generic signed webhook notified of new approvals.")
+    slack_webhook_url: str | None = Field(None, description="Slack-compatible incoming webhook notified of new approvals.")
+
+
 class Settings(Model):
     """The whole configuration file."""
 
@@ -103,6 +124,7 @@ class Settings(Model):
     policy_file: str | None = Field(None, description="A separate policy file (top-level key 'policy:'), hot-reloaded.")
     policy_reload_s: float = Field(2.0, gt=0, description="How often policy_file is checked for changes.")
     masking: MaskingSettings = Field(default_factory=MaskingSettings)  # type: ignore[arg-type]
+    approval: ApprovalSettings = Field(default_factory=ApprovalSettings)  # type: ignore[arg-type]
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="Structured log level.")
 
     @field_validator("upstreams")

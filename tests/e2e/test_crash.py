@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import signal
 import subprocess
 import time
@@ -26,12 +25,12 @@ import httpx
 import orjson
 import pytest
 import yaml
+from tests.e2e.gateway import PYTHON, ROOT, complete_config, echo_upstream, free_port, signing_key_file
 
 from bastion.audit.entry import LogEntry, StoredCheckpoint
 from bastion.audit.keys import KeyRing, load_signing_key
 from bastion.storage import AuditStore, open_store
 from bastion.verifier import verify_log
-from tests.e2e.gateway import PYTHON, ROOT, complete_config, echo_upstream, free_port, signing_key_file
 
 pytestmark = [pytest.mark.e2e, pytest.mark.anyio]
 
@@ -65,7 +64,7 @@ class GatewayProcess:
     async def start(self) -> None:
         """Spawn the gateway and return once /readyz answers 200 (bounded)."""
         with self.stderr_path.open("ab") as stderr:
-            self.proc = subprocess.Popen(
+            self.proc = subprocess.Popen(  # noqa: ASYNC220 - returns at once; every wait goes through to_thread
                 [PYTHON, "-m", "bastion", "serve", "--config", str(self.config_path)],
                 cwd=ROOT, stdin=subprocess.DEVNULL, stdout=stderr, stderr=stderr,
             )
@@ -90,7 +89,11 @@ class GatewayProcess:
         assert await asyncio.to_thread(self.proc.wait, STOP_TIMEOUT_S) == -signal.SIGKILL
 
     async def stop(self) -> int:
-        """SIGTERM and wait for a clean exit; returns the exit code."""
+        """SIGTERM and wait for the exit; returns the exit code.
+
+        uvicorn (>= 0.29) re-raises the captured signal after its graceful shutdown, so a clean stop
+        exits with -SIGTERM, not 0; the gateway_stopped record is what proves the shutdown ran.
+        """
         assert self.proc is not None
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
@@ -256,7 +259,7 @@ async def test_every_received_reply_is_logged_and_the_log_verifies_when_the_gate
 
     # 3. Restart once and stop cleanly: the log resumes, and a checkpoint signs everything.
     await gateway.start()
-    assert await gateway.stop() == 0
+    assert await gateway.stop() in (0, -signal.SIGTERM)
     entries, checkpoints = await read_log(gateway.db_path, origin)
     assert max(c.tree_size for c in checkpoints) == len(entries)
     assert [e.kind for e in entries[-2:]] == ["gateway_started", "gateway_stopped"]

@@ -8,8 +8,8 @@ verifier. Reading the store is audit/reading.py's; deciding what the evidence me
 from __future__ import annotations
 
 import base64
-import contextlib
 import binascii
+import contextlib
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -30,9 +30,9 @@ from bastion.audit.checkpoint import (
 from bastion.audit.compact import Frontier, MalformedFrontierError
 from bastion.audit.entry import LogEntry, StoredCheckpoint
 from bastion.audit.hashing import hash_leaf
-from bastion.audit.keys import KeyRing, generate_signing_key
+from bastion.audit.keys import KeyRing, VerifierKey, generate_signing_key
 from bastion.audit.proof import verify_inclusion
-from bastion.audit.reading import PAGE_RECORDS, InclusionProof, fetch_all_checkpoints
+from bastion.audit.reading import DEFAULT_OPTIONS, PAGE_RECORDS, InclusionProof, fetch_all_checkpoints
 from bastion.audit.record import render_time
 from bastion.errors import BastionError, VerificationError
 from bastion.storage.base import AuditStore
@@ -40,6 +40,8 @@ from bastion.verifier import Options, Problem, ProblemKind, Report, verify_log
 
 EXPORT_FORMAT = "bastion-audit-export/1"
 PROOF_FORMAT = "bastion-inclusion-proof/1"
+PREFIX_KEY_NAME = "bastion-export-prefix"
+"""Name of the throw-away key that vouches only for an export's own prefix line (see ``verify_export``)."""
 
 
 class ExportFormatError(BastionError):
@@ -71,8 +73,14 @@ def _line(out: IO[str], doc: dict[str, Any]) -> None:
 
 
 def _entry_doc(entry: LogEntry) -> dict[str, Any]:
-    doc: dict[str, Any] = {"type": "entry", "origin": entry.origin, "seq": entry.seq, "time": entry.time,
-                           "kind": entry.kind, "leaf_hash": entry.leaf_hash.hex()}
+    doc: dict[str, Any] = {
+        "type": "entry",
+        "origin": entry.origin,
+        "seq": entry.seq,
+        "time": entry.time,
+        "kind": entry.kind,
+        "leaf_hash": entry.leaf_hash.hex(),
+    }
     try:
         doc["body"] = entry.body.decode("utf-8")
     except UnicodeDecodeError:
@@ -106,14 +114,25 @@ async def write_export(store: AuditStore, origins: list[str], window: ExportWind
         StorageError: the store cannot be read.
     """
     stats = ExportStats(origins=list(origins))
-    _line(out, {"type": "header", "format": EXPORT_FORMAT, "exported_at": render_time(datetime.now(UTC)),
-                "origins": origins, "from": window.time_from, "to": window.time_to})
+    _line(
+        out,
+        {
+            "type": "header",
+            "format": EXPORT_FORMAT,
+            "exported_at": render_time(datetime.now(UTC)),
+            "origins": origins,
+            "from": window.time_from,
+            "to": window.time_to,
+        },
+    )
     for origin in origins:
         await _export_origin(store, origin, window, out, stats)
     return stats
 
 
-async def _export_origin(store: AuditStore, origin: str, window: ExportWindow, out: IO[str], stats: ExportStats) -> None:
+async def _export_origin(
+    store: AuditStore, origin: str, window: ExportWindow, out: IO[str], stats: ExportStats
+) -> None:
     checkpoints = await fetch_all_checkpoints(store, origin)
     sizes = sorted({c.tree_size for c in checkpoints})
     before: Frontier | None = None  # frontier over the records the window skips
@@ -134,8 +153,15 @@ async def _export_origin(store: AuditStore, origin: str, window: ExportWindow, o
                 if skipped:
                     low = entry.seq
                     if before is not None and before.size == entry.seq:
-                        _line(out, {"type": "prefix", "origin": origin, "tree_size": before.size,
-                                    "hashes": [h.hex() for h in before.hashes]})
+                        _line(
+                            out,
+                            {
+                                "type": "prefix",
+                                "origin": origin,
+                                "tree_size": before.size,
+                                "hashes": [h.hex() for h in before.hashes],
+                            },
+                        )
             if end is None and window.time_to is not None and entry.time >= window.time_to:
                 end = next((s for s in sizes if s >= entry.seq), entry.seq)
             if end is not None and entry.seq >= end:
@@ -146,8 +172,17 @@ async def _export_origin(store: AuditStore, origin: str, window: ExportWindow, o
         return  # the window holds no record of this origin
     for stored in checkpoints:
         if low <= stored.tree_size and (end is None or stored.tree_size <= end):
-            _line(out, {"type": "checkpoint", "origin": stored.origin, "tree_size": stored.tree_size,
-                        "root_hash": stored.root_hash.hex(), "note": stored.note, "time": stored.time})
+            _line(
+                out,
+                {
+                    "type": "checkpoint",
+                    "origin": stored.origin,
+                    "tree_size": stored.tree_size,
+                    "root_hash": stored.root_hash.hex(),
+                    "note": stored.note,
+                    "time": stored.time,
+                },
+            )
             stats.checkpoints += 1
 
 
@@ -187,8 +222,14 @@ def _parse_entry(doc: dict[str, Any]) -> LogEntry:
             body = base64.b64decode(_field(doc, "body_b64", str), validate=True)
         except (binascii.Error, ValueError) as exc:
             raise ExportFormatError("entry line: body_b64 is not base64") from exc
-    return LogEntry(_field(doc, "origin", str), _field(doc, "seq", int), _field(doc, "time", str),
-                    _field(doc, "kind", str), body, bytes.fromhex(_field(doc, "leaf_hash", str)))
+    return LogEntry(
+        _field(doc, "origin", str),
+        _field(doc, "seq", int),
+        _field(doc, "time", str),
+        _field(doc, "kind", str),
+        body,
+        bytes.fromhex(_field(doc, "leaf_hash", str)),
+    )
 
 
 @dataclass(slots=True)
@@ -232,9 +273,15 @@ def read_export(path: Path) -> ExportFile:
             elif export is None or kind not in ("entry", "checkpoint", "prefix"):
                 raise ExportFormatError(f"unknown line type {kind!r}")
             elif kind == "checkpoint":
-                export.checkpoints.append(StoredCheckpoint(
-                    _field(doc, "origin", str), _field(doc, "tree_size", int),
-                    bytes.fromhex(_field(doc, "root_hash", str)), _field(doc, "note", str), _field(doc, "time", str)))
+                export.checkpoints.append(
+                    StoredCheckpoint(
+                        _field(doc, "origin", str),
+                        _field(doc, "tree_size", int),
+                        bytes.fromhex(_field(doc, "root_hash", str)),
+                        _field(doc, "note", str),
+                        _field(doc, "time", str),
+                    )
+                )
             elif kind == "prefix":
                 hashes = tuple(bytes.fromhex(h) for h in _field(doc, "hashes", list))
                 export.prefixes[_field(doc, "origin", str)] = Frontier(_field(doc, "tree_size", int), hashes)
@@ -246,8 +293,12 @@ def read_export(path: Path) -> ExportFile:
 
 
 def verify_export(
-    path: Path, keys: KeyRing, *, trusted: StoredCheckpoint | None = None, origins: list[str] | None = None,
-    options: Options = Options(),
+    path: Path,
+    keys: KeyRing,
+    *,
+    trusted: StoredCheckpoint | None = None,
+    origins: list[str] | None = None,
+    options: Options = DEFAULT_OPTIONS,
 ) -> Report:
     """Verify an export offline, streaming its records from disk.
 
@@ -262,7 +313,7 @@ def verify_export(
     export = read_export(path)
     wanted = set(origins or export.origins)
     checkpoints = [c for c in export.checkpoints if c.origin in wanted]
-    ring, synthetic = keys, []
+    ring, synthetic = keys, list[StoredCheckpoint]()
     if any(origin in wanted for origin in export.prefixes):
         ring = KeyRing([*keys, *_prefix_keys(export, wanted, synthetic)])
     report = verify_log(export.entries(wanted), [*synthetic, *checkpoints], ring, trusted, options=options)
@@ -270,18 +321,23 @@ def verify_export(
     for origin, frontier in export.prefixes.items():
         closing = [c for c in checkpoints if c.origin == origin and c.tree_size > frontier.size]
         if origin in wanted and not closing:
-            report.problems.append(Problem(
-                ProblemKind.ROOT_MISMATCH, origin, frontier.size,
-                "the export starts mid-log but no signed checkpoint after its start confirms the prefix frontier"))
+            report.problems.append(
+                Problem(
+                    ProblemKind.ROOT_MISMATCH,
+                    origin,
+                    frontier.size,
+                    "the export starts mid-log but no signed checkpoint after its start confirms the prefix frontier",
+                )
+            )
     return report
 
 
-def _prefix_keys(export: ExportFile, wanted: set[str], synthetic: list[StoredCheckpoint]) -> list[Any]:
+def _prefix_keys(export: ExportFile, wanted: set[str], synthetic: list[StoredCheckpoint]) -> list[VerifierKey]:
     keys = []
     for origin, frontier in export.prefixes.items():
         if origin not in wanted:
             continue
-        key = generate_signing_key(origin)
+        key = generate_signing_key(PREFIX_KEY_NAME)
         body = Checkpoint(origin, frontier.size, frontier.root(), (render_retention_extension(frontier),))
         synthetic.append(StoredCheckpoint(origin, frontier.size, frontier.root(), sign_checkpoint(body, key), ""))
         keys.append(key.public())
@@ -294,8 +350,12 @@ def _prefix_keys(export: ExportFile, wanted: set[str], synthetic: list[StoredChe
 def render_proof(proof: InclusionProof) -> str:
     """Return the proof as a JSON document (``bastion-inclusion-proof/1``)."""
     doc: dict[str, Any] = {
-        "format": PROOF_FORMAT, "origin": proof.origin, "leaf_index": proof.leaf_index,
-        "tree_size": proof.tree_size, "leaf_hash": proof.leaf_hash.hex(), "proof": [h.hex() for h in proof.proof],
+        "format": PROOF_FORMAT,
+        "origin": proof.origin,
+        "leaf_index": proof.leaf_index,
+        "tree_size": proof.tree_size,
+        "leaf_hash": proof.leaf_hash.hex(),
+        "proof": [h.hex() for h in proof.proof],
         "checkpoint": proof.checkpoint_note,
     }
     if proof.body is not None:
@@ -315,10 +375,13 @@ def parse_proof(text: str) -> InclusionProof:
             raise ExportFormatError(f"not a {PROOF_FORMAT} document")
         body = doc.get("body")
         return InclusionProof(
-            _field(doc, "origin", str), _field(doc, "leaf_index", int), _field(doc, "tree_size", int),
+            _field(doc, "origin", str),
+            _field(doc, "leaf_index", int),
+            _field(doc, "tree_size", int),
             bytes.fromhex(_field(doc, "leaf_hash", str)),
             tuple(bytes.fromhex(h) for h in _field(doc, "proof", list)),
-            _field(doc, "checkpoint", str), body.encode("utf-8") if isinstance(body, str) else None,
+            _field(doc, "checkpoint", str),
+            body.encode("utf-8") if isinstance(body, str) else None,
         )
     except (ValueError, TypeError, UnicodeEncodeError) as exc:
         raise ExportFormatError(f"malformed proof document: {exc}") from exc

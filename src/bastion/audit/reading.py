@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,6 +23,7 @@ from bastion.verifier import Options, Report, verify_log
 
 PAGE_RECORDS = 1000
 CHECKPOINT_PAGE = 1000
+DEFAULT_OPTIONS = Options()
 
 
 async def fetch_all_checkpoints(store: AuditStore, origin: str, min_tree_size: int = 0) -> list[StoredCheckpoint]:
@@ -48,7 +49,7 @@ async def fetch_all_checkpoints(store: AuditStore, origin: str, min_tree_size: i
         start, limit = last, CHECKPOINT_PAGE
 
 
-async def _pages(store: AuditStore, origins: list[str]) -> AsyncIterator[list[LogEntry]]:
+async def _pages(store: AuditStore, origins: list[str]) -> AsyncGenerator[list[LogEntry], None]:
     for origin in origins:
         page: list[LogEntry] = []
         async for entry in store.stream_entries(origin, 0, PAGE_RECORDS):
@@ -60,7 +61,9 @@ async def _pages(store: AuditStore, origins: list[str]) -> AsyncIterator[list[Lo
             yield page
 
 
-def _blocking_entries(pages: AsyncIterator[list[LogEntry]], loop: asyncio.AbstractEventLoop) -> Iterator[LogEntry]:
+def _blocking_entries(
+    pages: AsyncGenerator[list[LogEntry], None], loop: asyncio.AbstractEventLoop
+) -> Iterator[LogEntry]:
     """Yield entries in a worker thread, fetching each page on the event loop (one hop per page)."""
 
     async def next_page() -> list[LogEntry] | None:
@@ -76,7 +79,7 @@ async def verify_store(
     keys: KeyRing,
     *,
     trusted: StoredCheckpoint | None = None,
-    options: Options = Options(),
+    options: Options = DEFAULT_OPTIONS,
     on_progress: Callable[[int], None] | None = None,
 ) -> Report:
     """Verify the logs of ``origins`` as stored, streaming records one page at a time.

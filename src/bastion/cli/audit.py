@@ -13,7 +13,7 @@ import json
 import os
 import re
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
@@ -22,7 +22,6 @@ from bastion.audit import export, reading, retention
 from bastion.audit.checkpoint import MalformedNoteError, parse_checkpoint, parse_signed_note
 from bastion.audit.entry import LogEntry, StoredCheckpoint
 from bastion.audit.keys import (
-    KeyFormatError,
     KeyRing,
     SigningKey,
     generate_signing_key,
@@ -38,7 +37,6 @@ from bastion.storage import AuditStore, RecordQuery, open_store
 from bastion.verifier import Options, Report
 
 T = TypeVar("T")
-DEFAULT_OPTIONS = Options()
 _UNSAFE = re.compile("[\\\\\x00-\x1f\x7f-\x9f\u200e\u200f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
 
 
@@ -74,8 +72,8 @@ def register(commands: Any) -> None:
     p.add_argument("--keys", required=True, help="key ring file: one vkey per line, optional from=/until=")
     p.add_argument("--trusted", help="a signed checkpoint obtained independently (e.g. from a witness)")
     _origins(p)
-    p.add_argument("--max-gap-records", type=int, default=DEFAULT_OPTIONS.max_records_between_checkpoints)
-    p.add_argument("--max-gap-seconds", type=float, default=DEFAULT_OPTIONS.max_seconds_between_checkpoints)
+    p.add_argument("--max-gap-records", type=int, default=reading.DEFAULT_OPTIONS.max_records_between_checkpoints)
+    p.add_argument("--max-gap-seconds", type=float, default=reading.DEFAULT_OPTIONS.max_seconds_between_checkpoints)
     p.add_argument("--now", action="store_true", help="also flag an unsigned tail older than --max-gap-seconds")
     p.add_argument("--json", action="store_true")
     p.set_defaults(run=run_verify)
@@ -204,10 +202,6 @@ def _resolve_origins(args: argparse.Namespace, ring: KeyRing | None) -> list[str
     return origins
 
 
-def _store_url(args: argparse.Namespace) -> str:
-    return resolve_store_url(args)
-
-
 async def _with_store(url: str, work: Callable[[AuditStore], Awaitable[T]]) -> T:
     store = await open_store(url)
     try:
@@ -216,8 +210,8 @@ async def _with_store(url: str, work: Callable[[AuditStore], Awaitable[T]]) -> T
         await store.aclose()
 
 
-def _run(coro: Awaitable[T]) -> T:
-    return asyncio.run(coro)  # type: ignore[arg-type]
+def _run(coro: Coroutine[Any, Any, T]) -> T:
+    return asyncio.run(coro)
 
 
 def _fail_input(exc: BastionError) -> int:
@@ -230,19 +224,39 @@ def _entry_json(entry: LogEntry) -> dict[str, Any]:
         body: Any = json.loads(entry.body)
     except ValueError:
         body = None
-    return {"origin": entry.origin, "seq": entry.seq, "time": entry.time, "kind": entry.kind,
-            "leaf_hash": entry.leaf_hash.hex(), "body": body}
+    return {
+        "origin": entry.origin,
+        "seq": entry.seq,
+        "time": entry.time,
+        "kind": entry.kind,
+        "leaf_hash": entry.leaf_hash.hex(),
+        "body": body,
+    }
 
 
 TABLE_HEADER = ("TIME", "ORIGIN", "SEQ", "KIND", "OUTCOME", "SUBJECT", "METHOD", "NAME", "SESSION")
 
 
+def _group(doc: dict[str, Any], name: str) -> dict[str, Any]:
+    value = doc.get(name)
+    return value if isinstance(value, dict) else {}
+
+
 def _entry_row(entry: LogEntry) -> tuple[str | None, ...]:
-    doc = _entry_json(entry)["body"]
-    doc = doc if isinstance(doc, dict) else {}
-    who, what, correlation = (doc.get(g) if isinstance(doc.get(g), dict) else {} for g in ("who", "what", "correlation"))
-    cells = [entry.time, entry.origin, entry.seq, entry.kind, doc.get("outcome"), who.get("subject"),
-             what.get("method"), what.get("name"), correlation.get("session_id")]
+    body = _entry_json(entry)["body"]
+    doc: dict[str, Any] = body if isinstance(body, dict) else {}
+    who, what, correlation = _group(doc, "who"), _group(doc, "what"), _group(doc, "correlation")
+    cells = [
+        entry.time,
+        entry.origin,
+        entry.seq,
+        entry.kind,
+        doc.get("outcome"),
+        who.get("subject"),
+        what.get("method"),
+        what.get("name"),
+        correlation.get("session_id"),
+    ]
     return tuple(None if c is None else escape(str(c)) for c in cells)
 
 
@@ -297,12 +311,18 @@ def run_verify(args: argparse.Namespace) -> int:
             now=datetime.now(UTC) if args.now else None,
         )
         if args.export:
-            report = export.verify_export(Path(args.export), ring, trusted=trusted, origins=args.origin, options=options)
+            report = export.verify_export(
+                Path(args.export), ring, trusted=trusted, origins=args.origin, options=options
+            )
         else:
             origins = _resolve_origins(args, ring)
             if trusted is not None and trusted.origin not in origins:
                 origins.append(trusted.origin)
-            report = _run(_with_store(_store_url(args), lambda store: _verify_store(store, origins, ring, trusted, options)))
+            report = _run(
+                _with_store(
+                    resolve_store_url(args), lambda store: _verify_store(store, origins, ring, trusted, options)
+                )
+            )
     except (ConfigError, StorageError, export.ExportFormatError) as exc:
         return _fail_input(exc)
     print(report.to_json() if args.json else report.render_text(), end="\n" if args.json else "")
@@ -328,7 +348,9 @@ async def _verify_store(
 
 def run_proof(args: argparse.Namespace) -> int:
     ring = _load_ring(args.keys) if args.keys else None
-    proof = _run(_with_store(_store_url(args), lambda store: reading.build_inclusion_proof(store, args.origin, args.seq)))
+    proof = _run(
+        _with_store(resolve_store_url(args), lambda store: reading.build_inclusion_proof(store, args.origin, args.seq))
+    )
     if ring is not None:
         export.verify_proof(proof, ring)
     text = export.render_proof(proof)
@@ -352,8 +374,11 @@ def run_verify_proof(args: argparse.Namespace) -> int:
         print(json.dumps({"ok": False, "reason": reason}) if args.json else f"result: FAILED\n{escape(reason)}")
         return 1
     where = f"{proof.origin} seq {proof.leaf_index} in tree size {proof.tree_size}"
-    print(json.dumps({"ok": True, "origin": proof.origin, "leaf_index": proof.leaf_index, "tree_size": proof.tree_size})
-          if args.json else f"result: OK\nrecord {escape(where)} is in the signed log")
+    print(
+        json.dumps({"ok": True, "origin": proof.origin, "leaf_index": proof.leaf_index, "tree_size": proof.tree_size})
+        if args.json
+        else f"result: OK\nrecord {escape(where)} is in the signed log"
+    )
     return 0
 
 
@@ -383,12 +408,15 @@ def run_export(args: argparse.Namespace) -> int:
 
     try:
         with handle:
-            stats = _run(_with_store(_store_url(args), work))
+            stats = _run(_with_store(resolve_store_url(args), work))
     except BaseException:
         Path(args.out).unlink(missing_ok=True)  # never leave a partial export that looks complete
         raise
-    print(f"exported {stats.records} records and {stats.checkpoints} checkpoints of "
-          f"{', '.join(escape(o) for o in stats.origins)} to {escape(args.out)}", file=sys.stderr)
+    print(
+        f"exported {stats.records} records and {stats.checkpoints} checkpoints of "
+        f"{', '.join(escape(o) for o in stats.origins)} to {escape(args.out)}",
+        file=sys.stderr,
+    )
     return 0
 
 
@@ -397,16 +425,25 @@ def run_export(args: argparse.Namespace) -> int:
 
 def run_search(args: argparse.Namespace) -> int:
     query = RecordQuery(
-        origin=args.origin, subject=args.subject, tool=args.tool, session_id=args.session, outcome=args.outcome,
-        kind=args.kind, time_from=args.since, time_to=args.until, limit=args.limit,
+        origin=args.origin,
+        subject=args.subject,
+        tool=args.tool,
+        session_id=args.session,
+        outcome=args.outcome,
+        kind=args.kind,
+        time_from=args.since,
+        time_to=args.until,
+        limit=args.limit,
     )
-    found = _run(_with_store(_store_url(args), lambda store: store.search_entries(query)))
+    found = _run(_with_store(resolve_store_url(args), lambda store: store.search_entries(query)))
     _print_entries(found, args.json, header=True)
     return 0
 
 
 def run_show(args: argparse.Namespace) -> int:
-    found = _run(_with_store(_store_url(args), lambda s: reading.fetch_interaction(s, args.origin, args.seq, args.window)))
+    found = _run(
+        _with_store(resolve_store_url(args), lambda s: reading.fetch_interaction(s, args.origin, args.seq, args.window))
+    )
     if args.json:
         print(json.dumps([_entry_json(e) for e in found], ensure_ascii=True, indent=2))
         return 0
@@ -425,7 +462,7 @@ def run_tail(args: argparse.Namespace) -> int:
             _print_entries([entry], args.json, header=False)
             sys.stdout.flush()
 
-    _run(_with_store(_store_url(args), work))
+    _run(_with_store(resolve_store_url(args), work))
     return 0
 
 
@@ -447,12 +484,24 @@ def _print_entries(entries: list[LogEntry], as_json: bool, *, header: bool) -> N
 
 def run_prune(args: argparse.Namespace) -> int:
     key = _require_key(args)
-    result = _run(_with_store(_store_url(args), lambda store: retention.prune(store, args.origin, args.before, key)))
+    result = _run(
+        _with_store(resolve_store_url(args), lambda store: retention.prune(store, args.origin, args.before, key))
+    )
     if args.json:
-        print(json.dumps({"origin": result.origin, "first_retained_seq": result.tree_size,
-                          "records_deleted": result.records_deleted, "checkpoint": result.note}))
+        print(
+            json.dumps(
+                {
+                    "origin": result.origin,
+                    "first_retained_seq": result.tree_size,
+                    "records_deleted": result.records_deleted,
+                    "checkpoint": result.note,
+                }
+            )
+        )
     else:
-        print(f"pruned {result.records_deleted} records of {escape(result.origin)} below seq {result.tree_size}; "
-              "retention checkpoint:")
+        print(
+            f"pruned {result.records_deleted} records of {escape(result.origin)} below seq {result.tree_size}; "
+            "retention checkpoint:"
+        )
         print(result.note, end="")
     return 0

@@ -11,10 +11,10 @@ import sys
 from collections.abc import Sequence
 
 from bastion import __version__
-from bastion.cli import audit, config_cmd, connect, keys, policy, serve, tools
+from bastion.cli import approvals, audit, config_cmd, connect, keys, policy, serve, tools
 from bastion.errors import BastionError, ConfigError
 
-COMMANDS = (serve, config_cmd, connect, keys, tools, audit, policy)
+COMMANDS = (serve, config_cmd, connect, keys, tools, audit, policy, approvals)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -16,6 +16,7 @@ from bastion.errors import DenialError, ProtocolError
 from bastion.exchange import Direction, Exchange, Kind, Reply
 from bastion.jsonrpc import codes
 from bastion.pipeline.stage import Next
+from bastion.stages.pinning import ToolPinning
 from bastion.policy import Action, PolicyEngine, PolicyRequest, RateLimiter, denial_error
 from bastion.policy.model import Kind as Target
 
@@ -50,8 +51,10 @@ class PolicyStage:
         limiter: RateLimiter,
         trusted_upstreams: frozenset[str],
         approvals_enabled: bool,
+        pinning: ToolPinning | None,
     ) -> None:
         self._engine = engine
+        self._pinning = pinning
         self._limiter = limiter
         self._trusted = trusted_upstreams
         self._approvals = approvals_enabled
@@ -65,7 +68,11 @@ class PolicyStage:
         listing = _LISTINGS.get(ex.method)
         if listing is not None:
             reply = await call_next(ex)
-            return self._filter(engine, ex, reply, *listing) if reply is not None else None
+            if reply is None:
+                return None
+            if ex.method == "tools/list" and self._pinning is not None:
+                reply = await self._review_pins(engine, ex, reply)
+            return self._filter(engine, ex, reply, *listing)
         target = _DECIDED.get(ex.method, Target.OTHER)
         name = ex.name or ex.method
         annotations = self._annotations.get((ex.upstream, name)) if target is Target.TOOL else None
@@ -109,6 +116,12 @@ class PolicyStage:
                     data={"rule": decision.rule_id},
                 )
             ex.approval_requirement = decision.approval
+        if target is Target.TOOL and self._pinning is not None:
+            try:
+                await self._pinning.check_call(ex.upstream, name)
+            except DenialError:
+                notes.outcome = "denied"
+                raise
         if decision.rate_limits:
             try:
                 self._limiter.acquire(decision.rate_limits)
@@ -116,6 +129,15 @@ class PolicyStage:
                 notes.outcome = "denied"
                 raise
         return await call_next(ex)
+
+    async def _review_pins(self, engine: PolicyEngine, ex: Exchange, reply: Reply) -> Reply:
+        assert self._pinning is not None
+        result = reply.get("result")
+        if not isinstance(result, dict) or not isinstance(result.get("tools"), list):
+            return reply
+        tools = [t for t in result["tools"] if isinstance(t, dict) and isinstance(t.get("name"), str)]
+        listed = await self._pinning.review_listing(ex.upstream, tools, engine.on_tool_change)
+        return {**reply, "result": {**result, "tools": listed}}
 
     def _filter(self, engine: PolicyEngine, ex: Exchange, reply: Reply, key: str, target: Target, field: str) -> Reply:
         result = reply.get("result")

@@ -9,12 +9,12 @@ from __future__ import annotations
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from bastion.errors import ConfigError
-from bastion.storage.base import AppendBatch, AuditStore, LogHead, RecordQuery
+from bastion.storage.base import AppendBatch, AuditStore, LogHead, RecordQuery, Store
 
-__all__ = ["AppendBatch", "AuditStore", "LogHead", "RecordQuery", "open_store"]
+__all__ = ["AppendBatch", "AuditStore", "LogHead", "RecordQuery", "Store", "open_store"]
 
 
-async def open_store(url: str) -> AuditStore:
+async def open_store(url: str) -> Store:
     """Open, migrate and return the store the URL names.
 
     Raises:

@@ -69,6 +69,7 @@ class UpstreamLink:
         self._down_since: float | None = None
         self._start_lock = asyncio.Lock()
         self._closed = False
+        self._closing_tasks: set[asyncio.Task[None]] = set()
         self.restarts = 0
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -216,6 +217,12 @@ class UpstreamLink:
         for upstream_id in list(self._pending):
             self._fail(upstream_id, reason)
 
+    def _discard(self, transport: UpstreamTransport, reason: str) -> None:
+        self._on_closed(transport, reason)
+        task = asyncio.create_task(transport.close(), name=f"discard-{self.name}")
+        self._closing_tasks.add(task)
+        task.add_done_callback(self._closing_tasks.discard)
+
     def _on_closed(self, transport: UpstreamTransport, reason: str) -> None:
         if transport is not self._transport:
             return
@@ -238,7 +245,9 @@ class _Listener:
         if isinstance(related_id, int):
             self._link._fail(related_id, description)
         else:
-            self._link._fail_all(description)
+            # Garbage on a framed stream: nothing after it can be trusted to belong where it
+            # seems to, so the session is dropped and re-established on the next call.
+            self._link._discard(self._transport, description)
 
     def on_request_failed(self, request_id: RequestId, reason: str) -> None:
         if isinstance(request_id, int):

@@ -28,7 +28,7 @@ from bastion.audit.entry import LogEntry
 from bastion.audit.hashing import hash_leaf
 from bastion.audit.keys import generate_signing_key, render_signing_key
 from bastion.audit.log import AuditLog, CheckpointPolicy
-from bastion.audit.record import AuditEvent, EventKind, Outcome
+from bastion.audit.record import AuditEvent, EventKind
 from bastion.audit.settings import AuditSettings
 from bastion.audit.sinks import (
     JsonLinesSink,

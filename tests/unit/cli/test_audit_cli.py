@@ -16,7 +16,14 @@ from pathlib import Path
 import pytest
 
 from bastion.audit import reading
-from bastion.audit.keys import SigningKey, parse_key_ring, parse_signing_key, parse_vkey, render_signing_key, render_vkey
+from bastion.audit.keys import (
+    SigningKey,
+    parse_key_ring,
+    parse_signing_key,
+    parse_vkey,
+    render_signing_key,
+    render_vkey,
+)
 from bastion.audit.log import AuditLog, CheckpointPolicy
 from bastion.audit.record import AuditEvent, EventKind, Outcome
 from bastion.cli.main import main
@@ -46,17 +53,32 @@ async def append_interactions(url: str, count: int, *, start: int = 0, subject: 
         for i in range(start, start + count):
             who = subject or ("alice" if i % 2 == 0 else "bob")
             tool = "search" if i % 2 == 0 else "fetch"
-            request = await log.append(AuditEvent(
-                kind=EventKind.REQUEST, subject=who, method="tools/call", name=tool, session_id=f"s-{i % 2}",
-                arguments={"q": i}, jsonrpc_id=i,
-            ))
+            request = await log.append(
+                AuditEvent(
+                    kind=EventKind.REQUEST,
+                    subject=who,
+                    method="tools/call",
+                    name=tool,
+                    session_id=f"s-{i % 2}",
+                    arguments={"q": i},
+                    jsonrpc_id=i,
+                )
+            )
             denied = i % 3 == 2
-            await log.append(AuditEvent(
-                kind=EventKind.RESPONSE, outcome=Outcome.DENIED if denied else Outcome.OK, subject=who,
-                method="tools/call", name=tool, session_id=f"s-{i % 2}", request_seq=request.seq,
-                rule_id="deny-every-third" if denied else "allow-all", action="deny" if denied else "allow",
-                result=None if denied else {"content": [{"type": "text", "text": f"r{i}"}]},
-            ))
+            await log.append(
+                AuditEvent(
+                    kind=EventKind.RESPONSE,
+                    outcome=Outcome.DENIED if denied else Outcome.OK,
+                    subject=who,
+                    method="tools/call",
+                    name=tool,
+                    session_id=f"s-{i % 2}",
+                    request_seq=request.seq,
+                    rule_id="deny-every-third" if denied else "allow-all",
+                    action="deny" if denied else "allow",
+                    result=None if denied else {"content": [{"type": "text", "text": f"r{i}"}]},
+                )
+            )
     finally:
         await log.aclose()
         await store.aclose()
@@ -169,8 +191,13 @@ def test_verify_exit_2_when_key_ring_is_missing_or_empty(log: Log, capsys: pytes
 
 
 def test_verify_exit_2_when_store_url_is_unusable_or_origin_unknown(
-    log: Log, capsys: pytest.CaptureFixture[str]
+    log: Log, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.delenv("BASTION_STORE", raising=False)
+    code, _, err = run(capsys, "verify", "--keys", str(log.keys))
+    assert (code, "no store given" in err) == (2, True)
+    monkeypatch.setenv("BASTION_STORE", log.url)
+    assert run(capsys, "verify", "--keys", str(log.keys))[0] == 0
     code, _, err = run(capsys, "verify", "--store", "mysql://x/y", "--keys", str(log.keys))
     assert (code, "unsupported store URL" in err) == (2, True)
     code, _, err = run(capsys, "verify", "--store", log.url, "--keys", str(log.keys), "--origin", "nobody/log")
@@ -230,8 +257,20 @@ def test_verify_prints_no_progress_when_stderr_is_not_a_terminal(log: Log, capsy
 
 def test_proof_verifies_offline_when_untouched(log: Log, capsys: pytest.CaptureFixture[str]) -> None:
     proof_file = log.tmp / "proof.json"
-    code, _, _ = run(capsys, "proof", "--store", log.url, "--origin", ORIGIN, "--seq", "6", "--keys", str(log.keys),
-                     "--out", str(proof_file))
+    code, _, _ = run(
+        capsys,
+        "proof",
+        "--store",
+        log.url,
+        "--origin",
+        ORIGIN,
+        "--seq",
+        "6",
+        "--keys",
+        str(log.keys),
+        "--out",
+        str(proof_file),
+    )
     assert code == 0
     doc = json.loads(proof_file.read_text())
     assert (doc["leaf_index"], doc["tree_size"], len(doc["proof"])) == (6, 10, 4)
@@ -325,17 +364,34 @@ def test_export_window_starts_mid_log_and_still_verifies_when_from_is_given(
 ) -> None:
     times = [str(t) for (t,) in log.sql("SELECT time FROM records ORDER BY seq")]
     out = log.tmp / "window.jsonl"
-    assert run(capsys, "export", "--store", log.url, "--keys", str(log.keys), "--from", times[5], "--out", str(out))[0] == 0
+    assert (
+        run(capsys, "export", "--store", log.url, "--keys", str(log.keys), "--from", times[5], "--out", str(out))[0]
+        == 0
+    )
     lines = [json.loads(line) for line in out.read_text().splitlines()]
     assert [line["seq"] for line in lines if line["type"] == "entry"] == list(range(5, 10))
     assert [line["tree_size"] for line in lines if line["type"] == "prefix"] == [5]
     assert run(capsys, "verify", "--export", str(out), "--keys", str(log.keys))[0] == 0
     forged = [line for line in lines if line["type"] != "prefix"] + [
-        {**next(line for line in lines if line["type"] == "prefix"), "hashes": ["00" * 32] * 2}]
+        {**next(line for line in lines if line["type"] == "prefix"), "hashes": ["00" * 32] * 2}
+    ]
     out.write_text("".join(json.dumps(line) + "\n" for line in forged))
     code, text, _ = run(capsys, "verify", "--export", str(out), "--keys", str(log.keys))
     assert code == 1
     assert "ROOT_MISMATCH" in text
+
+
+def test_export_window_extends_to_the_next_checkpoint_when_to_cuts_between_checkpoints(
+    log: Log, capsys: pytest.CaptureFixture[str]
+) -> None:
+    times = [str(t) for (t,) in log.sql("SELECT time FROM records ORDER BY seq")]
+    out = log.tmp / "window.jsonl"
+    code, _, _ = run(capsys, "export", "--store", log.url, "--origin", ORIGIN, "--to", times[3], "--out", str(out))
+    assert code == 0
+    lines = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [line["seq"] for line in lines if line["type"] == "entry"] == [0, 1, 2, 3, 4]
+    assert [line["tree_size"] for line in lines if line["type"] == "checkpoint"] == [1, 5]
+    assert run(capsys, "verify", "--export", str(out), "--keys", str(log.keys))[0] == 0
 
 
 def test_export_refuses_with_exit_2_when_out_exists_or_origins_unnamed(
@@ -355,8 +411,22 @@ def test_export_appends_a_log_exported_record_before_writing_when_record_as_is_g
     key_file = log.tmp / "admin.key"
     key_file.write_text(render_signing_key(KEY))
     out = log.tmp / "export.jsonl"
-    code, _, _ = run(capsys, "export", "--store", log.url, "--origin", ORIGIN, "--out", str(out),
-                     "--record-as", ORIGIN, "--subject", "auditor@example", "--key", str(key_file))
+    code, _, _ = run(
+        capsys,
+        "export",
+        "--store",
+        log.url,
+        "--origin",
+        ORIGIN,
+        "--out",
+        str(out),
+        "--record-as",
+        ORIGIN,
+        "--subject",
+        "auditor@example",
+        "--key",
+        str(key_file),
+    )
     assert code == 0
     lines = [json.loads(line) for line in out.read_text().splitlines()]
     last = [line for line in lines if line["type"] == "entry"][-1]
@@ -385,8 +455,9 @@ def test_search_prints_a_table_filtered_by_subject_and_outcome(log: Log, capsys:
 
 
 def test_search_json_filters_by_tool_session_and_kind(log: Log, capsys: pytest.CaptureFixture[str]) -> None:
-    code, out, _ = run(capsys, "search", "--store", log.url, "--tool", "fetch", "--session", "s-1", "--kind",
-                       "request", "--json")
+    code, out, _ = run(
+        capsys, "search", "--store", log.url, "--tool", "fetch", "--session", "s-1", "--kind", "request", "--json"
+    )
     assert code == 0
     found = [json.loads(line) for line in out.splitlines()]
     assert [f["seq"] for f in found] == [6, 2]
@@ -448,8 +519,9 @@ def test_prune_keeps_the_log_verifiable_when_records_go_behind_a_retention_check
 ) -> None:
     key_file = log.tmp / "gw.key"
     key_file.write_text(render_signing_key(KEY))
-    code, out, _ = run(capsys, "prune", "--store", log.url, "--origin", ORIGIN, "--before", "6", "--key", str(key_file),
-                       "--json")
+    code, out, _ = run(
+        capsys, "prune", "--store", log.url, "--origin", ORIGIN, "--before", "6", "--key", str(key_file), "--json"
+    )
     assert code == 0
     result = json.loads(out)
     assert (result["first_retained_seq"], result["records_deleted"]) == (6, 6)
@@ -470,8 +542,11 @@ def test_verify_reports_deletion_not_pruning_when_head_rows_are_deleted_without_
 
 @pytest.mark.parametrize(
     ("before", "key", "reason"),
-    [("11", KEY, "--before must be in 1..10"), ("0", KEY, "--before must be in 1..10"),
-     ("4", OTHER_KEY, "not verifiable with this key")],
+    [
+        ("11", KEY, "--before must be in 1..10"),
+        ("0", KEY, "--before must be in 1..10"),
+        ("4", OTHER_KEY, "not verifiable with this key"),
+    ],
     ids=["beyond-checkpoint", "zero", "other-key"],
 )
 def test_prune_refuses_and_deletes_nothing_when_cut_or_key_is_wrong(
@@ -479,8 +554,9 @@ def test_prune_refuses_and_deletes_nothing_when_cut_or_key_is_wrong(
 ) -> None:
     key_file = log.tmp / "k.key"
     key_file.write_text(render_signing_key(key))
-    code, _, err = run(capsys, "prune", "--store", log.url, "--origin", ORIGIN, "--before", before, "--key",
-                       str(key_file))
+    code, _, err = run(
+        capsys, "prune", "--store", log.url, "--origin", ORIGIN, "--before", before, "--key", str(key_file)
+    )
     assert code == 1
     assert reason in err
     assert log.sql("SELECT count(*) FROM records") == [(10,)]

@@ -1,0 +1,1 @@
+"""Operator HTTP API (approvals), mounted at /admin; authenticated like the MCP endpoint."""

@@ -1,0 +1,267 @@
+"""Tampering done straight to the database is caught by ``bastion audit verify``: exit 1, kind and position.
+
+Each case writes a log through AuditLog, edits the tables with sqlite3 or asyncpg the way an
+attacker with database access would, and runs the CLI. The untouched log must exit 0. Every case
+runs on SQLite and on PostgreSQL (fresh schema per test, dropped afterwards).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import itertools
+import json
+import sqlite3
+import uuid
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any, Protocol
+
+import asyncpg
+import pytest
+
+from bastion.audit.canonical import canonical_bytes
+from bastion.audit.checkpoint import parse_checkpoint, parse_signed_note, sign_checkpoint
+from bastion.audit.hashing import hash_leaf
+from bastion.audit.keys import SigningKey, render_signing_key, render_vkey
+from bastion.audit.log import AuditLog, CheckpointPolicy
+from bastion.audit.record import AuditEvent, EventKind, Outcome
+from bastion.cli.main import main
+from bastion.storage import open_store
+
+ORIGIN = "gw.tamper/log"
+KEY = SigningKey(ORIGIN, bytes(range(32)))
+STRANGER = SigningKey(ORIGIN, bytes(range(100, 132)))
+"""Same name as the log key, different key: its signatures carry another key id."""
+PG_DSN = "postgresql://postgres@127.0.0.1:5432/test"
+T0 = datetime(2026, 7, 1, 12, 0, tzinfo=UTC)
+
+
+class Db(Protocol):
+    def fetch(self, sql: str, *params: Any) -> list[tuple[Any, ...]]: ...
+    def execute(self, sql: str, *params: Any) -> None: ...
+
+
+class SqliteDb:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def fetch(self, sql: str, *params: Any) -> list[tuple[Any, ...]]:
+        with sqlite3.connect(self.path) as conn:
+            return [tuple(row) for row in conn.execute(sql, params)]
+
+    def execute(self, sql: str, *params: Any) -> None:
+        with sqlite3.connect(self.path) as conn:
+            conn.execute(sql, params)
+
+
+class PostgresDb:
+    def __init__(self, schema: str) -> None:
+        self.schema = schema
+
+    @staticmethod
+    def _numbered(sql: str) -> str:
+        counter = itertools.count(1)
+        return "".join(f"${next(counter)}" if ch == "?" else ch for ch in sql)
+
+    async def _run(self, sql: str, params: tuple[Any, ...], fetch: bool) -> list[tuple[Any, ...]]:
+        conn = await asyncpg.connect(PG_DSN, server_settings={"search_path": self.schema})
+        try:
+            if fetch:
+                return [tuple(row) for row in await conn.fetch(self._numbered(sql), *params)]
+            await conn.execute(self._numbered(sql), *params)
+            return []
+        finally:
+            await conn.close()
+
+    def fetch(self, sql: str, *params: Any) -> list[tuple[Any, ...]]:
+        return asyncio.run(self._run(sql, params, True))
+
+    def execute(self, sql: str, *params: Any) -> None:
+        asyncio.run(self._run(sql, params, False))
+
+
+async def write_log(url: str, interactions: int = 5) -> None:
+    """10 records through AuditLog; checkpoints at sizes 1, 5, 9 (every 4 records) and 10 (on close)."""
+    store = await open_store(url)
+    ticks = itertools.count()
+    log = AuditLog(
+        store,
+        origin=ORIGIN,
+        signing_key=KEY,
+        clock=lambda: T0 + timedelta(seconds=next(ticks)),
+        checkpoints=CheckpointPolicy(every_records=4, every_s=3600, heartbeat_s=3600),
+    )
+    await log.start()
+    try:
+        for i in range(interactions):
+            who = "alice" if i % 2 == 0 else "bob"
+            request = await log.append(
+                AuditEvent(kind=EventKind.REQUEST, subject=who, method="tools/call", name="search", arguments={"q": i})
+            )
+            await log.append(
+                AuditEvent(kind=EventKind.RESPONSE, outcome=Outcome.OK, subject=who, request_seq=request.seq)
+            )
+    finally:
+        await log.aclose()
+        await store.aclose()
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def stored_log(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[str, Db]]:
+    if request.param == "sqlite":
+        path = tmp_path / "audit.db"
+        url = f"sqlite:///{path}"
+        asyncio.run(write_log(url))
+        yield url, SqliteDb(path)
+        return
+    schema = f"t_{uuid.uuid4().hex[:16]}"
+    url = f"{PG_DSN}?schema={schema}"
+    try:
+        asyncio.run(write_log(url))
+        yield url, PostgresDb(schema)
+    finally:
+        PostgresDb("public").execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
+
+
+@pytest.fixture
+def key_ring(tmp_path: Path) -> Path:
+    path = tmp_path / "keys.txt"
+    path.write_text(render_vkey(KEY.public()) + "\n")
+    return path
+
+
+def verify(url: str, keys: Path, capsys: pytest.CaptureFixture[str]) -> tuple[int, list[tuple[str, int]], str]:
+    """Run the CLI twice (JSON and text); return the exit code, (kind, position) pairs and the text report."""
+    code = main(["audit", "verify", "--store", url, "--keys", str(keys), "--json"])
+    report = json.loads(capsys.readouterr().out)
+    assert report["ok"] is (code == 0)
+    text_code = main(["audit", "verify", "--store", url, "--keys", str(keys)])
+    text = capsys.readouterr().out
+    assert text_code == code
+    return code, [(p["kind"], p["position"]) for p in report["problems"]], text
+
+
+# -- tampering, as an attacker with write access to the tables would do it --------------------------------
+
+
+def modify_body(db: Db) -> None:
+    body = bytes(db.fetch("SELECT body FROM records WHERE seq = 3")[0][0])
+    db.execute("UPDATE records SET body = ? WHERE seq = 3", body.replace(b'"bob"', b'"eve"'))
+
+
+def delete_record(db: Db) -> None:
+    db.execute("DELETE FROM records WHERE seq = 3")
+
+
+def insert_forged_record(db: Db) -> None:
+    """Make room at seq 3 by renumbering the rows above it, then insert a well-hashed forgery there."""
+    db.execute("UPDATE records SET seq = -seq - 1 WHERE seq >= 3")
+    db.execute("UPDATE records SET seq = -seq WHERE seq < 0")
+    original = db.fetch("SELECT time, kind FROM records WHERE seq = 4")[0]
+    body = canonical_bytes(
+        {
+            "schema": "bastion.audit/1",
+            "origin": ORIGIN,
+            "seq": 3,
+            "time": original[0],
+            "kind": original[1],
+            "who": {"subject": "mallory"},
+        }
+    )
+    db.execute(
+        "INSERT INTO records (origin, seq, time, kind, body, leaf_hash) VALUES (?, ?, ?, ?, ?, ?)",
+        ORIGIN,
+        3,
+        original[0],
+        original[1],
+        body,
+        hash_leaf(body),
+    )
+
+
+def reorder_records(db: Db) -> None:
+    """Swap the contents of rows 3 and 4 (the seq column stays): both records remain, out of order."""
+    rows = {r[0]: r[1:] for r in db.fetch("SELECT seq, time, kind, body, leaf_hash FROM records WHERE seq IN (3, 4)")}
+    for seq, other in ((3, 4), (4, 3)):
+        db.execute("UPDATE records SET time = ?, kind = ?, body = ?, leaf_hash = ? WHERE seq = ?", *rows[other], seq)
+
+
+def truncate_tail(db: Db) -> None:
+    db.execute("DELETE FROM records WHERE seq >= 7")
+
+
+def delete_head(db: Db) -> None:
+    """Delete the oldest records the way a pruning would, but without a signed retention checkpoint."""
+    db.execute("DELETE FROM records WHERE seq < 5")
+
+
+def corrupt_signature(db: Db) -> None:
+    note = db.fetch("SELECT note FROM checkpoints WHERE tree_size = 5")[0][0]
+    text, _, signature_line = note[:-1].rpartition("\n")
+    prefix, _, payload = signature_line.rpartition(" ")
+    raw = bytearray(base64.b64decode(payload))
+    raw[-1] ^= 0x01
+    forged = f"{text}\n{prefix} {base64.b64encode(bytes(raw)).decode()}\n"
+    db.execute("UPDATE checkpoints SET note = ? WHERE tree_size = 5", forged)
+
+
+def sign_with_unknown_key(db: Db) -> None:
+    note = db.fetch("SELECT note FROM checkpoints WHERE tree_size = 5")[0][0]
+    checkpoint = parse_checkpoint(parse_signed_note(note).text)
+    db.execute("UPDATE checkpoints SET note = ? WHERE tree_size = 5", sign_checkpoint(checkpoint, STRANGER))
+
+
+CASES: list[tuple[Callable[[Db], None], list[tuple[str, int]]]] = [
+    (modify_body, [("MODIFIED_RECORD", 3)]),
+    (delete_record, [("DELETED_RECORD", 3)]),
+    # The forgery is stored first at seq 3, so it enters the tree: the original becomes the duplicate,
+    # the renumbered rows show from seq 4, and the next checkpoint's root no longer rebuilds.
+    (insert_forged_record, [("INSERTED_RECORD", 3), ("MODIFIED_RECORD", 4), ("ROOT_MISMATCH", 5)]),
+    (reorder_records, [("REORDERED_RECORDS", 3)]),
+    (truncate_tail, [("TRUNCATED_TAIL", 7)]),
+    (delete_head, [("DELETED_RECORD", 0)]),
+    (corrupt_signature, [("BAD_SIGNATURE", 5)]),
+    (sign_with_unknown_key, [("UNKNOWN_KEY", 5)]),
+]
+
+
+def test_verify_exit_0_when_the_log_is_untouched(
+    stored_log: tuple[str, Db], key_ring: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    url, _ = stored_log
+    code, problems, text = verify(url, key_ring, capsys)
+    assert (code, problems) == (0, [])
+    assert text.startswith(f"records: 10  checkpoints: 4  origins: {ORIGIN}\n")
+
+
+@pytest.mark.parametrize(("tamper", "expected"), CASES, ids=[case[0].__name__ for case in CASES])
+def test_verify_exit_1_names_reason_and_position_when_the_database_is_tampered(
+    stored_log: tuple[str, Db],
+    key_ring: Path,
+    capsys: pytest.CaptureFixture[str],
+    tamper: Callable[[Db], None],
+    expected: list[tuple[str, int]],
+) -> None:
+    url, db = stored_log
+    tamper(db)
+    code, problems, text = verify(url, key_ring, capsys)
+    assert code == 1
+    assert problems == expected
+    kind, position = expected[0]
+    assert f"{kind} origin={ORIGIN} position={position}: " in text
+
+
+def test_verify_exit_0_when_the_head_was_pruned_behind_a_retention_checkpoint(
+    stored_log: tuple[str, Db], key_ring: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    url, db = stored_log
+    key_file = tmp_path / "gw.key"
+    key_file.write_text(render_signing_key(KEY))
+    assert main(["audit", "prune", "--store", url, "--origin", ORIGIN, "--before", "5", "--key", str(key_file)]) == 0
+    assert "pruned 5 records" in capsys.readouterr().out
+    assert db.fetch("SELECT min(seq), count(*) FROM records") == [(5, 5)]
+    code, problems, text = verify(url, key_ring, capsys)
+    assert (code, problems) == (0, [])
+    assert text.startswith(f"records: 5  checkpoints: 5  origins: {ORIGIN}\n")
