@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.bastion-installed
 
-.PHONY: demo test bench bench-smoke install peers postgres docs clean
+.PHONY: demo test lint bench bench-smoke install peers postgres docs clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -24,9 +24,13 @@ postgres:
 demo: install peers
 	$(PY) scripts/demo.py
 
-## make test: the whole suite (unit, contract on SQLite and PostgreSQL, end-to-end with real peers).
-test: install peers postgres
+## make test: lint and types, then the whole suite (unit, contract on SQLite and PostgreSQL, end-to-end with real peers).
+test: install peers postgres lint
 	$(PY) -m pytest -q
+
+lint: install
+	$(PY) -m ruff check src
+	$(PY) -m mypy src
 
 bench: install peers
 	$(PY) bench/run.py

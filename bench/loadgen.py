@@ -289,6 +289,8 @@ async def closed_loop(sessions: list[Any], tool: str, duration: float, warmup: f
     perf = time.perf_counter
 
     async def worker(s: Any) -> None:
+        # A call counts when it *completes* inside [t_begin, t_end): slow calls longer than the
+        # window still count, and calls in flight at t_end are not waited for beyond one call.
         while True:
             t0 = perf()
             if t0 >= t_end:
@@ -296,14 +298,15 @@ async def closed_loop(sessions: list[Any], tool: str, duration: float, warmup: f
             try:
                 n = await s.call(tool)
             except Exception as exc:  # noqa: BLE001 - every failure is counted, none hidden
-                if t0 >= t_begin:
+                if t_begin <= perf() < t_end:
                     res.note_error(exc)
                 await asyncio.sleep(0.01)
                 continue
-            if t0 >= t_begin:
+            t1 = perf()
+            if t_begin <= t1 < t_end:
                 res.calls += 1
                 res.bytes += n
-                lat.append(int((perf() - t0) * 1e6))
+                lat.append(int((t1 - t0) * 1e6))
 
     await asyncio.gather(*(worker(s) for s in sessions))
     res.elapsed_s = duration
@@ -383,7 +386,12 @@ async def closed_loop_multi(target: dict[str, Any], concurrency: int, tool: str,
     """Closed loop split over ``procs`` load-generator processes (1 = in this process)."""
     procs = max(1, min(procs, concurrency))
     if procs == 1:
-        sessions = await open_sessions(target, concurrency)
+        try:
+            sessions = await open_sessions(target, concurrency)
+        except Exception as exc:  # noqa: BLE001 - a path that cannot open its sessions is an error, not a crash
+            res = Result(elapsed_s=duration)
+            res.note_error(exc)
+            return res
         try:
             return await closed_loop(sessions, tool, duration, warmup)
         finally:

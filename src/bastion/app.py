@@ -138,7 +138,6 @@ async def start_runtime(settings: Settings) -> Runtime:
                 engine_source,
                 RateLimiter(),
                 frozenset(name for name, up in settings.upstreams.items() if up.trusted),
-                approvals_enabled=True,
                 pinning=ToolPinning(store.tool_pins, lambda change: recorder.gateway(EventKind.CONFIG_CHANGED, change)),
             ),
             ApprovalStage(

@@ -117,14 +117,14 @@ class Settings(Model):
     listen: str = Field("127.0.0.1:8080", description="host:port the MCP endpoint listens on.")
     store: str = Field("sqlite:///./bastion.db", description="Store URL: sqlite:///PATH or postgresql://...")
     upstreams: dict[str, UpstreamSettings] = Field(description="Upstream MCP servers by name ([a-z][a-z0-9-]*).")
-    http: HttpSettings = Field(default_factory=HttpSettings)  # type: ignore[arg-type]
+    http: HttpSettings = Field(default_factory=HttpSettings)
     identity: IdentitySettings = Field(description="Who may call: JWT issuers, API keys, mTLS, or explicit anonymous access.")
     audit: AuditSettings = Field(description="The tamper-evident audit log: signing key, checkpoints, witnesses, mode.")
     policy: PolicySettings | None = Field(None, description="Inline policy rules (or use policy_file).")
     policy_file: str | None = Field(None, description="A separate policy file (top-level key 'policy:'), hot-reloaded.")
     policy_reload_s: float = Field(2.0, gt=0, description="How often policy_file is checked for changes.")
-    masking: MaskingSettings = Field(default_factory=MaskingSettings)  # type: ignore[arg-type]
-    approval: ApprovalSettings = Field(default_factory=ApprovalSettings)  # type: ignore[arg-type]
+    masking: MaskingSettings = Field(default_factory=MaskingSettings)
+    approval: ApprovalSettings = Field(default_factory=ApprovalSettings)
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="Structured log level.")
 
     @field_validator("upstreams")

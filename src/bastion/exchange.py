@@ -44,6 +44,9 @@ class CallerContext:
     user_agent: str | None = None
     client_info: dict[str, Any] | None = None
     protocol_version: str | None = None
+    listed_tools: dict[str, frozenset[str]] = field(default_factory=dict)
+    """Tool names per upstream as this session last listed them: a call to any other name is
+    answered exactly like a hidden one."""
 
 
 @dataclass(slots=True)
@@ -81,6 +84,8 @@ class Exchange:
     """The terminal step: send to the peer and (for requests) wait for its reply."""
     name: str | None = None
     """The tool/prompt name or resource URI as the upstream knows it, when the method has one."""
+    shown_name: str | None = None
+    """The same name as the client wrote it, when that differs (the federated endpoint's namespace)."""
     traceparent: str | None = None
     progress: Callable[[str], Awaitable[None]] | None = None
     """Sends a progress message to the client for this request, when it asked for progress."""

@@ -20,7 +20,7 @@ pytestmark = pytest.mark.e2e
 
 def test_bench_quick_pass(tmp_path: Path) -> None:
     proc = subprocess.run(
-        [sys.executable, str(ROOT / "bench" / "run.py"), "--quick", "--no-peer", "--no-report", "--out", str(tmp_path)],
+        [sys.executable, str(ROOT / "bench" / "run.py"), "--quick", "--no-peer", "--no-toggles", "--no-report", "--out", str(tmp_path)],
         capture_output=True, text=True, timeout=120, cwd=ROOT,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]

@@ -104,6 +104,13 @@ async def test_appended_entries_read_back_identically_when_fetched_by_seq_range(
     assert await store.fetch_entries("o2", 0, 5) == []
 
 
+async def test_origins_are_listed_when_several_logs_share_a_store(store: AuditStore) -> None:
+    assert await store.fetch_origins() == []
+    for origin in ("o2", "o1"):
+        await store.append_batch(make_batch(Frontier(), [make_entry(origin, 0)]))
+    assert await store.fetch_origins() == ["o1", "o2"]
+
+
 async def test_head_matches_frontier_when_batches_accumulate(store: AuditStore) -> None:
     assert await store.fetch_head("o1") is None
     frontier = Frontier()

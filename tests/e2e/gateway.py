@@ -51,6 +51,8 @@ def complete_config(config: dict[str, Any], port: int, workdir: str) -> dict[str
         **config,
         "listen": f"127.0.0.1:{port}",
     }
+    if full.get("policy_file"):
+        full.pop("policy", None)
     full.setdefault("audit", {"signing_key_file": signing_key_file(workdir), "origin": "test/gateway"})
     return full
 

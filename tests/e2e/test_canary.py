@@ -29,13 +29,6 @@ pytestmark = pytest.mark.e2e
 
 ORIGIN = "test-canary"
 ECHOED = f"card {SECRETS['card']} key {SECRETS['aws_access_key_id']} secret {SECRETS['aws_secret_access_key']}"
-LEAKING = {
-    "aws_secret_access_key": "masking/builtin_secrets.py aws_secret_access_key: its context words "
-    "('aws_secret', 'secret_access_key', 'secretaccesskey', 'aws secret') are absent; 'AWS key AKIA... / <secret>' "
-    "and 'secret <secret>' pass unmasked",
-    "github_token": "masking/builtin_secrets.py github_token: the pattern wants >= 36 characters after 'ghp_'; "
-    "the canary has 32",
-}
 
 
 def variants(value: str) -> set[bytes]:
@@ -116,16 +109,8 @@ def test_client_sees_masked_values_when_upstream_and_arguments_carry_secrets(sce
     assert [r["outcome"] for r in responses] == ["ok", "ok"]
 
 
-@pytest.mark.parametrize("name", sorted(set(SECRETS) - set(LEAKING)))
+@pytest.mark.parametrize("name", sorted(SECRETS))
 def test_canary_appears_nowhere_when_the_detector_covers_it(scenario: Any, name: str) -> None:
     haystacks, _, _ = scenario
     assert all(haystacks[k] for k in ("audit.db (stopped)", "export", "sink copy", "gateway stderr"))
-    assert leaks_of(name, haystacks) == []
-
-
-@pytest.mark.parametrize("name", [
-    pytest.param(name, marks=pytest.mark.xfail(strict=True, reason=reason)) for name, reason in sorted(LEAKING.items())
-])
-def test_canary_appears_nowhere_when_the_detector_misses_its_format(scenario: Any, name: str) -> None:
-    haystacks, _, _ = scenario
     assert leaks_of(name, haystacks) == []

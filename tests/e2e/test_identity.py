@@ -26,12 +26,12 @@ import pytest
 import uvicorn
 from cryptography.hazmat.primitives import serialization
 from mcp.server.mcpserver import MCPServer
+from tests.e2e.gateway import free_port, running_gateway
+from tests.unit.identity.support import AUDIENCE, KeyServer, b64json, b64url, claims, mint, rsa_key
 
 from bastion.identity.apikey import create_api_key
 from bastion.jsonrpc import codes
 from bastion.storage import AuditStore, RecordQuery, open_store
-from tests.e2e.gateway import free_port, running_gateway
-from tests.unit.identity.support import AUDIENCE, KeyServer, b64json, b64url, claims, mint, rsa_key
 
 pytestmark = [pytest.mark.e2e, pytest.mark.anyio]
 
@@ -328,10 +328,7 @@ async def test_api_key_works_in_both_headers_and_is_refused_when_revoked(
     gateway: Gateway, http: httpx.AsyncClient
 ) -> None:
     async with audit_reader(gateway.workdir) as store:
-        api_keys = getattr(store, "api_keys", None)
-        if api_keys is None:
-            pytest.xfail("the opened store exposes no api_keys (storage layer not there yet)")
-        plaintext, record = await create_api_key(api_keys, "svc-reporter", ["bots"], None)
+        plaintext, record = await create_api_key(store.api_keys, "svc-reporter", ["bots"], None)
 
     for header in ({"authorization": f"Bearer {plaintext}"}, {"x-api-key": plaintext}):
         session = RawSession(http, gateway.endpoint(), header)
@@ -347,7 +344,7 @@ async def test_api_key_works_in_both_headers_and_is_refused_when_revoked(
     assert calls[0]["who"]["groups"] == ["bots"]
 
     async with audit_reader(gateway.workdir) as store:
-        assert await store.api_keys.revoke_api_key(record.key_id, time.time())  # type: ignore[attr-defined]
+        assert await store.api_keys.revoke_api_key(record.key_id, time.time())
     agent = user_agent("revoked")
     response = await RawSession(http, gateway.endpoint(), {"x-api-key": plaintext, "user-agent": agent}).initialize()
 

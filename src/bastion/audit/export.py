@@ -1,8 +1,8 @@
-"""Portable evidence: the JSON Lines export of a log and the inclusion-proof document.
+"""The JSON Lines export of a log (``bastion-audit-export/1``): write, read and verify offline.
 
-Owns both file formats (write, read, verify). An export holds records, checkpoints and, when it
-starts mid-log, the frontier before its first record; ``verify_export`` hands it to the offline
-verifier. Reading the store is audit/reading.py's; deciding what the evidence means is the verifier's.
+An export holds records, checkpoints and, when it starts mid-log, the frontier before its first
+record; ``verify_export`` hands it to the offline verifier. Reading the store and the proof
+document are audit/reading.py's; deciding what the evidence means is the verifier's.
 """
 
 from __future__ import annotations
@@ -20,32 +20,23 @@ from typing import IO, Any
 from bastion.audit.checkpoint import (
     Checkpoint,
     parse_checkpoint,
-    parse_checkpoint_time,
     parse_retention,
     parse_signed_note,
     render_retention_extension,
     sign_checkpoint,
-    verify_note,
 )
 from bastion.audit.compact import Frontier, MalformedFrontierError
 from bastion.audit.entry import LogEntry, StoredCheckpoint
-from bastion.audit.hashing import hash_leaf
 from bastion.audit.keys import KeyRing, VerifierKey, generate_signing_key
-from bastion.audit.proof import verify_inclusion
-from bastion.audit.reading import DEFAULT_OPTIONS, PAGE_RECORDS, InclusionProof, fetch_all_checkpoints
+from bastion.audit.reading import DEFAULT_OPTIONS, PAGE_RECORDS, EvidenceFormatError, fetch_all_checkpoints, field_of
 from bastion.audit.record import render_time
-from bastion.errors import BastionError, VerificationError
+from bastion.errors import VerificationError
 from bastion.storage.base import AuditStore
 from bastion.verifier import Options, Problem, ProblemKind, Report, verify_log
 
 EXPORT_FORMAT = "bastion-audit-export/1"
-PROOF_FORMAT = "bastion-inclusion-proof/1"
 PREFIX_KEY_NAME = "bastion-export-prefix"
 """Name of the throw-away key that vouches only for an export's own prefix line (see ``verify_export``)."""
-
-
-class ExportFormatError(BastionError):
-    """Raised when an export or proof file is not in its documented format (bad input, exit 2)."""
 
 
 # -- writing ---------------------------------------------------------------------------------------
@@ -189,13 +180,6 @@ async def _export_origin(
 # -- reading and verifying an export -------------------------------------------------------------------
 
 
-def _field(doc: dict[str, Any], key: str, kind: type) -> Any:
-    value = doc.get(key)
-    if not isinstance(value, kind) or isinstance(value, bool):
-        raise ExportFormatError(f"{doc.get('type')} line: {key} must be a {kind.__name__}")
-    return value
-
-
 def _read_lines(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
     try:
         with path.open(encoding="utf-8") as handle:
@@ -203,32 +187,32 @@ def _read_lines(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
                 try:
                     doc = json.loads(line)
                 except ValueError as exc:
-                    raise ExportFormatError(f"{path}:{number}: not JSON") from exc
+                    raise EvidenceFormatError(f"{path}:{number}: not JSON") from exc
                 if not isinstance(doc, dict):
-                    raise ExportFormatError(f"{path}:{number}: not a JSON object")
+                    raise EvidenceFormatError(f"{path}:{number}: not a JSON object")
                 yield number, doc
     except (OSError, UnicodeDecodeError) as exc:
-        raise ExportFormatError(f"cannot read {path}: {type(exc).__name__}") from exc
+        raise EvidenceFormatError(f"cannot read {path}: {type(exc).__name__}") from exc
 
 
 def _parse_entry(doc: dict[str, Any]) -> LogEntry:
     if "body" in doc:
         try:
-            body = _field(doc, "body", str).encode("utf-8")
+            body = field_of(doc, "body", str).encode("utf-8")
         except UnicodeEncodeError as exc:
-            raise ExportFormatError("entry line: body is not valid Unicode") from exc
+            raise EvidenceFormatError("entry line: body is not valid Unicode") from exc
     else:
         try:
-            body = base64.b64decode(_field(doc, "body_b64", str), validate=True)
+            body = base64.b64decode(field_of(doc, "body_b64", str), validate=True)
         except (binascii.Error, ValueError) as exc:
-            raise ExportFormatError("entry line: body_b64 is not base64") from exc
+            raise EvidenceFormatError("entry line: body_b64 is not base64") from exc
     return LogEntry(
-        _field(doc, "origin", str),
-        _field(doc, "seq", int),
-        _field(doc, "time", str),
-        _field(doc, "kind", str),
+        field_of(doc, "origin", str),
+        field_of(doc, "seq", int),
+        field_of(doc, "time", str),
+        field_of(doc, "kind", str),
         body,
-        bytes.fromhex(_field(doc, "leaf_hash", str)),
+        bytes.fromhex(field_of(doc, "leaf_hash", str)),
     )
 
 
@@ -245,21 +229,21 @@ class ExportFile:
         """Yield the records of ``origins`` in file order (a second pass over the file).
 
         Raises:
-            ExportFormatError: a record line is malformed.
+            EvidenceFormatError: a record line is malformed.
         """
         for number, doc in _read_lines(self.path):
             if doc.get("type") == "entry" and doc.get("origin") in origins:
                 try:
                     yield _parse_entry(doc)
-                except (ValueError, ExportFormatError) as exc:
-                    raise ExportFormatError(f"{self.path}:{number}: {exc}") from exc
+                except (ValueError, EvidenceFormatError) as exc:
+                    raise EvidenceFormatError(f"{self.path}:{number}: {exc}") from exc
 
 
 def read_export(path: Path) -> ExportFile:
     """Read an export's header, checkpoints and prefixes (records stay on disk).
 
     Raises:
-        ExportFormatError: the file is unreadable, has no header, or a line is malformed.
+        EvidenceFormatError: the file is unreadable, has no header, or a line is malformed.
     """
     export: ExportFile | None = None
     for number, doc in _read_lines(path):
@@ -267,28 +251,28 @@ def read_export(path: Path) -> ExportFile:
         try:
             if number == 1:
                 if kind != "header" or doc.get("format") != EXPORT_FORMAT:
-                    raise ExportFormatError(f"first line is not a {EXPORT_FORMAT} header")
-                origins = _field(doc, "origins", list)
+                    raise EvidenceFormatError(f"first line is not a {EXPORT_FORMAT} header")
+                origins = field_of(doc, "origins", list)
                 export = ExportFile(path, [o for o in origins if isinstance(o, str)], [], {})
             elif export is None or kind not in ("entry", "checkpoint", "prefix"):
-                raise ExportFormatError(f"unknown line type {kind!r}")
+                raise EvidenceFormatError(f"unknown line type {kind!r}")
             elif kind == "checkpoint":
                 export.checkpoints.append(
                     StoredCheckpoint(
-                        _field(doc, "origin", str),
-                        _field(doc, "tree_size", int),
-                        bytes.fromhex(_field(doc, "root_hash", str)),
-                        _field(doc, "note", str),
-                        _field(doc, "time", str),
+                        field_of(doc, "origin", str),
+                        field_of(doc, "tree_size", int),
+                        bytes.fromhex(field_of(doc, "root_hash", str)),
+                        field_of(doc, "note", str),
+                        field_of(doc, "time", str),
                     )
                 )
             elif kind == "prefix":
-                hashes = tuple(bytes.fromhex(h) for h in _field(doc, "hashes", list))
-                export.prefixes[_field(doc, "origin", str)] = Frontier(_field(doc, "tree_size", int), hashes)
-        except (ValueError, TypeError, MalformedFrontierError, ExportFormatError) as exc:
-            raise ExportFormatError(f"{path}:{number}: {exc}") from exc
+                hashes = tuple(bytes.fromhex(h) for h in field_of(doc, "hashes", list))
+                export.prefixes[field_of(doc, "origin", str)] = Frontier(field_of(doc, "tree_size", int), hashes)
+        except (ValueError, TypeError, MalformedFrontierError, EvidenceFormatError) as exc:
+            raise EvidenceFormatError(f"{path}:{number}: {exc}") from exc
     if export is None:
-        raise ExportFormatError(f"{path} is empty")
+        raise EvidenceFormatError(f"{path} is empty")
     return export
 
 
@@ -308,7 +292,7 @@ def verify_export(
     A prefix with no such checkpoint in the file proves nothing and is reported as a root mismatch.
 
     Raises:
-        ExportFormatError: the file is not a readable export.
+        EvidenceFormatError: the file is not a readable export.
     """
     export = read_export(path)
     wanted = set(origins or export.origins)
@@ -342,72 +326,3 @@ def _prefix_keys(export: ExportFile, wanted: set[str], synthetic: list[StoredChe
         synthetic.append(StoredCheckpoint(origin, frontier.size, frontier.root(), sign_checkpoint(body, key), ""))
         keys.append(key.public())
     return keys
-
-
-# -- inclusion-proof document --------------------------------------------------------------------------
-
-
-def render_proof(proof: InclusionProof) -> str:
-    """Return the proof as a JSON document (``bastion-inclusion-proof/1``)."""
-    doc: dict[str, Any] = {
-        "format": PROOF_FORMAT,
-        "origin": proof.origin,
-        "leaf_index": proof.leaf_index,
-        "tree_size": proof.tree_size,
-        "leaf_hash": proof.leaf_hash.hex(),
-        "proof": [h.hex() for h in proof.proof],
-        "checkpoint": proof.checkpoint_note,
-    }
-    if proof.body is not None:
-        doc["body"] = proof.body.decode("utf-8", errors="replace")
-    return json.dumps(doc, ensure_ascii=True, indent=2, sort_keys=True) + "\n"
-
-
-def parse_proof(text: str) -> InclusionProof:
-    """Parse a proof document.
-
-    Raises:
-        ExportFormatError: not JSON, wrong format tag, or a field of the wrong type.
-    """
-    try:
-        doc = json.loads(text)
-        if not isinstance(doc, dict) or doc.get("format") != PROOF_FORMAT:
-            raise ExportFormatError(f"not a {PROOF_FORMAT} document")
-        body = doc.get("body")
-        return InclusionProof(
-            _field(doc, "origin", str),
-            _field(doc, "leaf_index", int),
-            _field(doc, "tree_size", int),
-            bytes.fromhex(_field(doc, "leaf_hash", str)),
-            tuple(bytes.fromhex(h) for h in _field(doc, "proof", list)),
-            _field(doc, "checkpoint", str),
-            body.encode("utf-8") if isinstance(body, str) else None,
-        )
-    except (ValueError, TypeError, UnicodeEncodeError) as exc:
-        raise ExportFormatError(f"malformed proof document: {exc}") from exc
-
-
-def verify_proof(proof: InclusionProof, keys: KeyRing) -> None:
-    """Check a proof offline: (1) a trusted key signed the checkpoint (in its window); (2) the
-    checkpoint is of the proof's origin and size; (3) the body, if present, hashes to the leaf;
-    (4) the path leads from the leaf to the signed root (RFC 9162 §2.1.3.2).
-
-    Raises:
-        VerificationError: any step fails (MalformedNoteError, BadSignatureError and its
-            subclasses, RootMismatchError, MalformedProofError).
-    """
-    # (1)
-    note = parse_signed_note(proof.checkpoint_note)
-    checkpoint = parse_checkpoint(note.text)
-    verify_note(note, keys, parse_checkpoint_time(checkpoint))
-    # (2)
-    if (checkpoint.origin, checkpoint.tree_size) != (proof.origin, proof.tree_size):
-        raise VerificationError(
-            f"checkpoint is for {checkpoint.origin!r} at size {checkpoint.tree_size}, "
-            f"the proof claims {proof.origin!r} at size {proof.tree_size}"
-        )
-    # (3)
-    if proof.body is not None and hash_leaf(proof.body) != proof.leaf_hash:
-        raise VerificationError("the record body does not hash to the proof's leaf hash")
-    # (4)
-    verify_inclusion(proof.leaf_hash, proof.leaf_index, proof.tree_size, proof.proof, checkpoint.root_hash)

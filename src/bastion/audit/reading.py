@@ -1,8 +1,9 @@
 """Read-only access to a stored audit log for auditors and operators: verify, prove, show, follow.
 
 Owns paging checkpoints and records out of an ``AuditStore``, feeding them to the offline
-verifier without loading a log into memory, building inclusion proofs from stored leaf hashes,
-and finding the records of one interaction. It never writes; the verifier itself stays I/O-free.
+verifier without loading a log into memory, inclusion proofs (built from stored leaf hashes, the
+``bastion-inclusion-proof/1`` document and its offline check) and finding one interaction's
+records. It never writes; the export format is audit/export.py's.
 """
 
 from __future__ import annotations
@@ -13,17 +14,36 @@ from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from bastion.audit.checkpoint import parse_checkpoint, parse_checkpoint_time, parse_signed_note, verify_note
 from bastion.audit.compact import root_from_leaf_hashes
 from bastion.audit.entry import LogEntry, StoredCheckpoint
+from bastion.audit.hashing import hash_leaf
 from bastion.audit.keys import KeyRing
-from bastion.audit.proof import compute_inclusion_proof
-from bastion.errors import StorageError
+from bastion.audit.proof import compute_inclusion_proof, verify_inclusion
+from bastion.errors import BastionError, StorageError, VerificationError
 from bastion.storage.base import AuditStore
 from bastion.verifier import Options, Report, verify_log
 
+PROOF_FORMAT = "bastion-inclusion-proof/1"
 PAGE_RECORDS = 1000
 CHECKPOINT_PAGE = 1000
 DEFAULT_OPTIONS = Options()
+
+
+class EvidenceFormatError(BastionError):
+    """Raised when an export or proof file is not in its documented format (bad input, exit 2)."""
+
+
+def field_of(doc: dict[str, Any], key: str, kind: type) -> Any:
+    """Return ``doc[key]`` when it is a ``kind`` (bools are not ints).
+
+    Raises:
+        EvidenceFormatError: the field is missing or of another type.
+    """
+    value = doc.get(key)
+    if not isinstance(value, kind) or isinstance(value, bool):
+        raise EvidenceFormatError(f"{doc.get('type') or 'document'}: {key} must be a {kind.__name__}")
+    return value
 
 
 async def fetch_all_checkpoints(store: AuditStore, origin: str, min_tree_size: int = 0) -> list[StoredCheckpoint]:
@@ -213,3 +233,72 @@ async def fetch_tail_start(store: AuditStore, origin: str, last: int) -> int:
     """Return the seq ``last`` records before the stored head (0 for a short log)."""
     head = await store.fetch_head(origin)
     return max(0, (head.tree_size if head else 0) - last)
+
+
+# -- inclusion-proof document --------------------------------------------------------------------------
+
+
+def render_proof(proof: InclusionProof) -> str:
+    """Return the proof as a JSON document (``bastion-inclusion-proof/1``)."""
+    doc: dict[str, Any] = {
+        "format": PROOF_FORMAT,
+        "origin": proof.origin,
+        "leaf_index": proof.leaf_index,
+        "tree_size": proof.tree_size,
+        "leaf_hash": proof.leaf_hash.hex(),
+        "proof": [h.hex() for h in proof.proof],
+        "checkpoint": proof.checkpoint_note,
+    }
+    if proof.body is not None:
+        doc["body"] = proof.body.decode("utf-8", errors="replace")
+    return json.dumps(doc, ensure_ascii=True, indent=2, sort_keys=True) + "\n"
+
+
+def parse_proof(text: str) -> InclusionProof:
+    """Parse a proof document.
+
+    Raises:
+        EvidenceFormatError: not JSON, wrong format tag, or a field of the wrong type.
+    """
+    try:
+        doc = json.loads(text)
+        if not isinstance(doc, dict) or doc.get("format") != PROOF_FORMAT:
+            raise EvidenceFormatError(f"not a {PROOF_FORMAT} document")
+        body = doc.get("body")
+        return InclusionProof(
+            field_of(doc, "origin", str),
+            field_of(doc, "leaf_index", int),
+            field_of(doc, "tree_size", int),
+            bytes.fromhex(field_of(doc, "leaf_hash", str)),
+            tuple(bytes.fromhex(h) for h in field_of(doc, "proof", list)),
+            field_of(doc, "checkpoint", str),
+            body.encode("utf-8") if isinstance(body, str) else None,
+        )
+    except (ValueError, TypeError, UnicodeEncodeError) as exc:
+        raise EvidenceFormatError(f"malformed proof document: {exc}") from exc
+
+
+def verify_proof(proof: InclusionProof, keys: KeyRing) -> None:
+    """Check a proof offline: (1) a trusted key signed the checkpoint (in its window); (2) the
+    checkpoint is of the proof's origin and size; (3) the body, if present, hashes to the leaf;
+    (4) the path leads from the leaf to the signed root (RFC 9162 §2.1.3.2).
+
+    Raises:
+        VerificationError: any step fails (MalformedNoteError, BadSignatureError and its
+            subclasses, RootMismatchError, MalformedProofError).
+    """
+    # (1)
+    note = parse_signed_note(proof.checkpoint_note)
+    checkpoint = parse_checkpoint(note.text)
+    verify_note(note, keys, parse_checkpoint_time(checkpoint))
+    # (2)
+    if (checkpoint.origin, checkpoint.tree_size) != (proof.origin, proof.tree_size):
+        raise VerificationError(
+            f"checkpoint is for {checkpoint.origin!r} at size {checkpoint.tree_size}, "
+            f"the proof claims {proof.origin!r} at size {proof.tree_size}"
+        )
+    # (3)
+    if proof.body is not None and hash_leaf(proof.body) != proof.leaf_hash:
+        raise VerificationError("the record body does not hash to the proof's leaf hash")
+    # (4)
+    verify_inclusion(proof.leaf_hash, proof.leaf_index, proof.tree_size, proof.proof, checkpoint.root_hash)

@@ -165,7 +165,7 @@ class Sink:
             except asyncio.CancelledError:
                 self._count_dropped(len(batch), "shutdown")
                 raise
-            except Exception as exc:  # noqa: BLE001 - a sink failure must not end delivery
+            except Exception as exc:
                 self.stats.delivery_failures += 1
                 self._count_dropped(len(batch), f"delivery failed: {type(exc).__name__}")
             finally:
@@ -213,7 +213,7 @@ class JsonLinesSink(Sink):
     def _write(self, text: str) -> None:
         if self._handle is None:
             # kept open across batches and closed in _close
-            self._handle = sys.stdout if self._path == "-" else Path(self._path).open("a", encoding="utf-8")  # noqa: SIM115
+            self._handle = sys.stdout if self._path == "-" else Path(self._path).open("a", encoding="utf-8")
         self._handle.write(text)
         self._handle.flush()
 
@@ -323,8 +323,13 @@ def render_syslog_message(
 
 
 class _Datagrams(asyncio.DatagramProtocol):
+    """Counts asynchronous send errors (e.g. ICMP port unreachable) instead of logging each one."""
+
+    def __init__(self, stats: SinkStats) -> None:
+        self._stats = stats
+
     def error_received(self, exc: Exception) -> None:
-        log.warning("syslog sink: datagram error %s", type(exc).__name__)
+        self._stats.delivery_failures += 1
 
 
 class SyslogSink(Sink):
@@ -350,7 +355,7 @@ class SyslogSink(Sink):
             if s.protocol == "udp":
                 if self._udp is None:
                     self._udp, _ = await asyncio.get_running_loop().create_datagram_endpoint(
-                        _Datagrams, remote_addr=(s.host, s.port))
+                        lambda: _Datagrams(self.stats), remote_addr=(s.host, s.port))
                 for entry in batch:
                     self._udp.sendto(self._render(entry))
                 return

@@ -12,7 +12,7 @@ import asyncio
 import os
 from collections.abc import Awaitable, Callable, Mapping
 from datetime import UTC, datetime
-from typing import Any, cast
+from typing import Any
 
 from bastion.errors import ConfigError
 from bastion.storage import open_store
@@ -50,8 +50,7 @@ def run_with_store(args: argparse.Namespace, action: Callable[[Store], Awaitable
     url = resolve_store_url(args)
 
     async def session() -> int:
-        # open_store is annotated with the audit interface only; every store it opens is a Store.
-        store = cast(Store, await open_store(url))
+        store = await open_store(url)
         try:
             return await action(store)
         finally:

@@ -95,7 +95,6 @@ def register(commands: Any) -> None:
     p = sub.add_parser("export", help="write records and checkpoints as JSON Lines, verifiable with verify --export")
     add_store_argument(p)
     _origins(p)
-    p.add_argument("--keys", help="key ring; its key names are the default origins")
     p.add_argument("--from", dest="time_from", help="first record time (RFC 3339, inclusive)")
     p.add_argument("--to", dest="time_to", help="last record time (RFC 3339, exclusive)")
     p.add_argument("--out", required=True, help="file to create")
@@ -152,7 +151,7 @@ def _key_source(parser: argparse.ArgumentParser, *, required: bool) -> None:
 
 def _origins(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--origin", action="append", default=[], help="origin to include (repeatable; default: the key ring's names)"
+        "--origin", action="append", default=[], help="origin to include (repeatable; default: every origin in the store)"
     )
 
 
@@ -193,13 +192,6 @@ def _load_trusted(path: str) -> StoredCheckpoint:
     except MalformedNoteError as exc:
         raise BadInputError(f"trusted checkpoint {path} is not a signed checkpoint: {exc}") from exc
     return StoredCheckpoint(checkpoint.origin, checkpoint.tree_size, checkpoint.root_hash, text, "")
-
-
-def _resolve_origins(args: argparse.Namespace, ring: KeyRing | None) -> list[str]:
-    origins = list(dict.fromkeys(args.origin or ([k.name for k in ring] if ring is not None else [])))
-    if not origins:
-        raise BadInputError("name the origins with --origin (or give --keys: its key names are the default)")
-    return origins
 
 
 async def _with_store(url: str, work: Callable[[AuditStore], Awaitable[T]]) -> T:
@@ -315,15 +307,15 @@ def run_verify(args: argparse.Namespace) -> int:
                 Path(args.export), ring, trusted=trusted, origins=args.origin, options=options
             )
         else:
-            origins = _resolve_origins(args, ring)
-            if trusted is not None and trusted.origin not in origins:
+            origins = list(dict.fromkeys(args.origin))
+            if origins and trusted is not None and trusted.origin not in origins:
                 origins.append(trusted.origin)
             report = _run(
                 _with_store(
                     resolve_store_url(args), lambda store: _verify_store(store, origins, ring, trusted, options)
                 )
             )
-    except (ConfigError, StorageError, export.ExportFormatError) as exc:
+    except (ConfigError, StorageError, reading.EvidenceFormatError) as exc:
         return _fail_input(exc)
     print(report.to_json() if args.json else report.render_text(), end="\n" if args.json else "")
     return 0 if report.ok else 1
@@ -332,6 +324,10 @@ def run_verify(args: argparse.Namespace) -> int:
 async def _verify_store(
     store: AuditStore, origins: list[str], ring: KeyRing, trusted: StoredCheckpoint | None, options: Options
 ) -> Report:
+    # Without --origin an auditor means "everything": every origin the store holds.
+    origins = origins or await store.fetch_origins()
+    if not origins:
+        raise BadInputError("the store holds no audit log")
     for origin in origins:
         if await store.fetch_head(origin) is None and not await store.fetch_checkpoints(origin, 0, 1):
             raise BadInputError(f"nothing is stored for origin {origin!r}; name the origins with --origin")
@@ -352,8 +348,8 @@ def run_proof(args: argparse.Namespace) -> int:
         _with_store(resolve_store_url(args), lambda store: reading.build_inclusion_proof(store, args.origin, args.seq))
     )
     if ring is not None:
-        export.verify_proof(proof, ring)
-    text = export.render_proof(proof)
+        reading.verify_proof(proof, ring)
+    text = reading.render_proof(proof)
     if args.out:
         Path(args.out).write_text(text, encoding="utf-8")
     else:
@@ -364,11 +360,11 @@ def run_proof(args: argparse.Namespace) -> int:
 def run_verify_proof(args: argparse.Namespace) -> int:
     try:
         ring = _load_ring(args.keys)
-        proof = export.parse_proof(_read_text(args.file, "proof"))
-    except (ConfigError, export.ExportFormatError) as exc:
+        proof = reading.parse_proof(_read_text(args.file, "proof"))
+    except (ConfigError, reading.EvidenceFormatError) as exc:
         return _fail_input(exc)
     try:
-        export.verify_proof(proof, ring)
+        reading.verify_proof(proof, ring)
     except VerificationError as exc:
         reason = f"{type(exc).__name__}: {exc}"
         print(json.dumps({"ok": False, "reason": reason}) if args.json else f"result: FAILED\n{escape(reason)}")
@@ -386,16 +382,18 @@ def run_verify_proof(args: argparse.Namespace) -> int:
 
 
 def run_export(args: argparse.Namespace) -> int:
-    ring = _load_ring(args.keys) if args.keys else None
-    origins = _resolve_origins(args, ring)
+    requested = list(dict.fromkeys(args.origin))
     key = _require_key(args) if args.record_as else None
     window = export.ExportWindow(args.time_from, args.time_to)
     try:
-        handle = open(args.out, "x", encoding="utf-8")  # noqa: SIM115 - closed below, after the async work
+        handle = open(args.out, "x", encoding="utf-8")
     except OSError as exc:
         raise BadInputError(f"cannot create {args.out}: {exc.strerror}") from exc
 
     async def work(store: AuditStore) -> export.ExportStats:
+        origins = requested or await store.fetch_origins()
+        if not origins:
+            raise BadInputError("the store holds no audit log")
         if key is not None:
             detail = {"origins": origins, "from": args.time_from, "to": args.time_to, "file": Path(args.out).name}
             log = AuditLog(store, origin=args.record_as, signing_key=key)

@@ -77,7 +77,9 @@ SECRET_DETECTORS: Final = (
     ),
     Detector(
         "github_token", "GITHUB_TOKEN", "secrets", literals=("ghp_", "gho_", "ghu_", "ghs_", "ghr_", "github_pat_"),
-        min_len=40, pattern=r"g(?<![\w]g)(?:h[pousr]_[A-Za-z0-9]{36,255}|ithub_pat_[A-Za-z0-9_]{22,255})(?![\w])",
+        # Classic tokens have 36 characters after the prefix; the prefix alone is distinctive enough
+        # to mask shorter look-alikes too (test fixtures, truncated pastes).
+        min_len=24, pattern=r"g(?<![\w]g)(?:h[pousr]_[A-Za-z0-9]{20,255}|ithub_pat_[A-Za-z0-9_]{22,255})(?![\w])",
     ),
     Detector(
         "gitlab_token", "GITLAB_TOKEN", "secrets", literals=("glpat-",), min_len=26,
@@ -101,7 +103,9 @@ SECRET_DETECTORS: Final = (
     ),
     Detector(
         "aws_secret_access_key", "AWS_SECRET", "secrets", validator=aws_secret_ok, min_len=40,
-        context=("aws_secret", "secret_access_key", "secretaccesskey", "aws secret"), window=64,
+        # An access key id nearby is as telling as the word "secret": the two travel together.
+        context=("aws_secret", "secret_access_key", "secretaccesskey", "aws secret", "akia", "asia", "aws_access_key_id"),
+        window=64,
         pattern=r"(?<![A-Za-z0-9/+])[A-Za-z0-9/+]{40}(?![A-Za-z0-9/+=])",
     ),
     Detector(

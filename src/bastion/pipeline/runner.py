@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import uuid
 from collections.abc import Sequence
+from typing import ClassVar
 
 from bastion.errors import BastionError
 from bastion.exchange import Exchange, Reply
@@ -33,7 +34,7 @@ def error_reply(exc: BaseException) -> Reply:
 
 
 class _ErrorBoundary:
-    name = "errors"
+    name: ClassVar[str] = "errors"
 
     async def __call__(self, ex: Exchange, call_next: Next) -> Reply | None:
         try:
@@ -65,7 +66,8 @@ class Pipeline:
     def __init__(self, outer: Sequence[Stage], inner: Sequence[Stage]) -> None:
         """``outer`` stages see raw exceptions turned into replies (audit); ``inner`` ones raise."""
         handler: Next = _deliver
-        for stage in reversed([*outer, _ErrorBoundary(), *inner]):
+        stages: list[Stage] = [*outer, _ErrorBoundary(), *inner]
+        for stage in reversed(stages):
             handler = _bind(stage, handler)
         self._handler = handler
         self.stage_names = tuple(s.name for s in (*outer, *inner))

@@ -52,7 +52,15 @@ class Endpoint(Protocol):
     def rename_server_params(self, upstream: str, method: str, params: dict[str, Any] | None) -> dict[str, Any] | None: ...
 
 
-async def _run(session: DownstreamSession, link: UpstreamLink, method: str, params: dict[str, Any] | None, request_id: Any) -> Reply:
+async def _run(
+    session: DownstreamSession,
+    link: UpstreamLink,
+    method: str,
+    params: dict[str, Any] | None,
+    request_id: Any,
+    shown_name: str | None = None,
+) -> Reply:
+    """Run one upstream-bound exchange through the pipeline (``shown_name``: the name as the client wrote it)."""
     inflight = session.inflight_for(request_id)
 
     async def deliver(ex: Exchange) -> Reply:
@@ -61,6 +69,7 @@ async def _run(session: DownstreamSession, link: UpstreamLink, method: str, para
         return await link.request(ex.method, ex.params, context=inflight)
 
     ex = session.exchange(method, params, request_id, link.name, deliver, name=target_name(method, params))
+    ex.shown_name = shown_name
     if inflight is not None:
         ex.traceparent = inflight.traceparent
         if inflight.progress_token is not None:
@@ -138,8 +147,10 @@ class FederatedEndpoint:
             await asyncio.gather(*(_run(session, link, method, params, request_id) for link in session.links.values()))
             return {"result": {}}
         if method in ("tools/call", "prompts/get"):
-            upstream, name = naming.split_name(str((params or {}).get("name", "")), self.upstreams)
-            return await _run(session, await self._ready(session, upstream), method, {**(params or {}), "name": name}, request_id)
+            qualified = str((params or {}).get("name", ""))
+            upstream, name = naming.split_name(qualified, self.upstreams, "tool" if method == "tools/call" else "prompt")
+            link = await self._ready(session, upstream)
+            return await _run(session, link, method, {**(params or {}), "name": name}, request_id, shown_name=qualified)
         if method in ("resources/read", "resources/subscribe", "resources/unsubscribe"):
             upstream, uri = naming.split_uri(str((params or {}).get("uri", "")), self.upstreams)
             reply = await _run(session, await self._ready(session, upstream), method, {**(params or {}), "uri": uri}, request_id)
@@ -221,7 +232,7 @@ class FederatedEndpoint:
     async def _complete(self, session: DownstreamSession, params: dict[str, Any], request_id: Any) -> Reply:
         ref = params.get("ref") or {}
         if ref.get("type") == "ref/prompt":
-            upstream, name = naming.split_name(str(ref.get("name", "")), self.upstreams)
+            upstream, name = naming.split_name(str(ref.get("name", "")), self.upstreams, "prompt")
             ref = {**ref, "name": name}
         elif ref.get("type") == "ref/resource":
             upstream, uri = naming.split_uri(str(ref.get("uri", "")), self.upstreams)

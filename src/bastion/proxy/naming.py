@@ -25,7 +25,13 @@ def qualify_uri(upstream: str, uri: str) -> str:
     return f"{upstream}{URI_SEPARATOR}{uri}"
 
 
-def split_name(qualified: str, upstreams: Any) -> tuple[str, str]:
+def unknown_name_error(kind: str, name: str) -> ProtocolError:
+    """The one error for a tool or prompt that does not exist *or is hidden from this caller*:
+    the two must be indistinguishable (``kind`` is "tool" or "prompt")."""
+    return ProtocolError(f"Unknown {kind}: {name}", code=codes.INVALID_PARAMS)
+
+
+def split_name(qualified: str, upstreams: Any, kind: str) -> tuple[str, str]:
     """(upstream, name) for a federated tool or prompt name.
 
     Raises:
@@ -33,7 +39,7 @@ def split_name(qualified: str, upstreams: Any) -> tuple[str, str]:
     """
     upstream, sep, name = qualified.partition(NAME_SEPARATOR)
     if not sep or not name or upstream not in upstreams:
-        raise ProtocolError(f"Unknown name: {qualified}", code=codes.INVALID_PARAMS)
+        raise unknown_name_error(kind, qualified)
     return upstream, name
 
 

@@ -18,10 +18,10 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from bastion.errors import BastionError, UpstreamError
-from bastion.pipeline.runner import error_reply
 from bastion.exchange import CallerContext, Direction, Exchange, Kind, Reply
 from bastion.jsonrpc import codes
 from bastion.jsonrpc.envelope import Message, RequestId, render_reply
+from bastion.pipeline.runner import error_reply
 from bastion.proxy.streams import ReplyStream
 from bastion.upstream.link import UpstreamLink
 
@@ -183,7 +183,8 @@ class DownstreamSession:
         method = message["method"]
         params = message.get("params")
         if method == "notifications/cancelled" and isinstance(params, dict):
-            relay = self._relays.get((link.name, params.get("requestId")))
+            cancelled_id = params.get("requestId")
+            relay = self._relays.get((link.name, cancelled_id)) if isinstance(cancelled_id, (str, int)) else None
             if relay is None:
                 return
             client_id, task = relay

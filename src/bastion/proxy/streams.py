@@ -34,7 +34,7 @@ class ReplyStream:
         self._replay.append((self._seq, data))
         self._queue.put_nowait((self._seq, message, data))
         if "method" not in message:
-            self.owed.discard(message.get("id"))  # type: ignore[arg-type]
+            self.owed.discard(message["id"])
 
     @property
     def finished(self) -> bool:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import time
-from typing import Any
+from typing import Any, ClassVar
 
 import orjson
 
@@ -47,7 +47,7 @@ def who(caller: CallerContext) -> dict[str, Any]:
 class AuditStage:
     """Outermost stage: records every exchange before and after the rest of the pipeline."""
 
-    name = "audit"
+    name: ClassVar[str] = "audit"
 
     def __init__(self, log: AuditLog, log_masker: Masker) -> None:
         self._log = log

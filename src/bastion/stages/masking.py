@@ -8,7 +8,7 @@ when configured, since a tool usually needs the real value.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 from bastion.exchange import Direction, Exchange, Kind, Reply
 from bastion.masking import MaskingEngine
@@ -35,7 +35,7 @@ _RESULT_MASKERS = {
 class MaskingStage:
     """Masks replies on their way to the client and server requests on their way to it."""
 
-    name = "masking"
+    name: ClassVar[str] = "masking"
 
     def __init__(self, engine: MaskingEngine, mask_arguments_upstream: bool) -> None:
         self._engine = engine

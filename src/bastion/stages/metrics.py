@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable
+from typing import ClassVar
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric
@@ -53,7 +54,7 @@ class _GaugeCollector(Collector):
 class MetricsStage:
     """Outermost stage: counts every request with the outcome the client got."""
 
-    name = "metrics"
+    name: ClassVar[str] = "metrics"
 
     def __init__(self, metrics: Metrics, upstreams: Iterable[str]) -> None:
         self._metrics = metrics

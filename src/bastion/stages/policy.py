@@ -10,15 +10,16 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, ClassVar
 
 from bastion.errors import DenialError, ProtocolError
 from bastion.exchange import Direction, Exchange, Kind, Reply
 from bastion.jsonrpc import codes
 from bastion.pipeline.stage import Next
-from bastion.stages.pinning import ToolPinning
+from bastion.proxy.naming import unknown_name_error
 from bastion.policy import Action, PolicyEngine, PolicyRequest, RateLimiter, denial_error
 from bastion.policy.model import Kind as Target
+from bastion.stages.pinning import ToolPinning
 
 _PASS = frozenset({"initialize", "ping", "logging/setLevel", "completion/complete"})
 _DECIDED = {
@@ -33,31 +34,30 @@ _LISTINGS = {
     "prompts/list": ("prompts", Target.PROMPT, "name"),
     "resources/list": ("resources", Target.RESOURCE, "uri"),
 }
-_UNKNOWN_NAME_ERROR = {
-    Target.TOOL: (codes.INVALID_PARAMS, "Unknown tool: {}"),
-    Target.PROMPT: (codes.INVALID_PARAMS, "Unknown prompt: {}"),
-    Target.RESOURCE: (codes.RESOURCE_NOT_FOUND, "Resource not found: {}"),
-}
+def _unknown(target: Target, ex: Exchange) -> ProtocolError:
+    """The error for a name this caller may not see — the same as for a name that does not exist."""
+    shown = ex.shown_name or ex.name or ""
+    if target is Target.RESOURCE:
+        return ProtocolError(f"Resource not found: {shown}", code=codes.RESOURCE_NOT_FOUND, data={"uri": shown})
+    return unknown_name_error(target.value, shown)
 
 
 class PolicyStage:
     """Decides per identity, server, tool and arguments."""
 
-    name = "policy"
+    name: ClassVar[str] = "policy"
 
     def __init__(
         self,
         engine: Callable[[], PolicyEngine],
         limiter: RateLimiter,
         trusted_upstreams: frozenset[str],
-        approvals_enabled: bool,
         pinning: ToolPinning | None,
     ) -> None:
         self._engine = engine
         self._pinning = pinning
         self._limiter = limiter
         self._trusted = trusted_upstreams
-        self._approvals = approvals_enabled
         self._annotations: dict[tuple[str, str], dict[str, Any]] = {}
         """Tool annotations by (upstream, tool), as last listed by the upstream."""
 
@@ -78,14 +78,15 @@ class PolicyStage:
         annotations = self._annotations.get((ex.upstream, name)) if target is Target.TOOL else None
         principal = ex.caller.principal
         trusted = ex.upstream in self._trusted
-        if target is not Target.OTHER and not engine.visible(
-            principal.subject, principal.groups, ex.upstream, target, name, annotations, trusted
+        listed = ex.caller.listed_tools.get(ex.upstream) if target is Target.TOOL else None
+        if target is not Target.OTHER and (
+            (listed is not None and name not in listed)
+            or not engine.visible(principal.subject, principal.groups, ex.upstream, target, name, annotations, trusted)
         ):
-            code, message = _UNKNOWN_NAME_ERROR[target]
             ex.notes.outcome = "denied"
-            ex.notes.reason = "hidden by policy"
+            ex.notes.reason = "unknown or hidden by policy"
             ex.notes.policy_hash = engine.policy_hash
-            raise ProtocolError(message.format(name), code=code)
+            raise _unknown(target, ex)
         decision = engine.decide(
             PolicyRequest(
                 subject=principal.subject,
@@ -109,12 +110,9 @@ class PolicyStage:
             notes.outcome = "denied"
             raise denial_error(decision)
         if decision.action is Action.REQUIRE_APPROVAL:
-            if not self._approvals or decision.approval is None:
+            if decision.approval is None:  # an engine bug, but never an allow
                 notes.outcome = "denied"
-                raise DenialError(
-                    "Approval required but no approval service is configured",
-                    data={"rule": decision.rule_id},
-                )
+                raise DenialError("Approval required but the rule names no approvers", data={"rule": decision.rule_id})
             ex.approval_requirement = decision.approval
         if target is Target.TOOL and self._pinning is not None:
             try:
@@ -145,6 +143,10 @@ class PolicyStage:
             return reply
         principal = ex.caller.principal
         trusted = ex.upstream in self._trusted
+        if target is Target.TOOL:
+            ex.caller.listed_tools[ex.upstream] = frozenset(
+                item["name"] for item in result[key] if isinstance(item, dict) and isinstance(item.get("name"), str)
+            )
         visible = []
         for item in result[key]:
             if not isinstance(item, dict) or not isinstance(item.get(field), str):

@@ -18,6 +18,7 @@ from bastion.audit.entry import LogEntry, StoredCheckpoint
 from bastion.errors import StorageError
 
 if TYPE_CHECKING:
+    from bastion.approval.store import ApprovalStore
     from bastion.identity.apikey import ApiKeyStore
     from bastion.storage.pins import ToolPinStore
 
@@ -147,6 +148,10 @@ class AuditStore(Protocol):
             StorageError: the write failed, or the stored tree size is not ``batch.previous_size``.
         """
 
+    async def fetch_origins(self) -> list[str]:
+        """Every origin that has a log in this store, sorted."""
+        ...
+
     async def fetch_head(self, origin: str) -> LogHead | None:
         """Return the origin's head, or None if it has never been written."""
 
@@ -194,6 +199,11 @@ class Store(AuditStore, Protocol):
     @property
     def tool_pins(self) -> ToolPinStore:
         """Tool-definition pins and pending changes (``storage/pins.py``)."""
+        ...
+
+    @property
+    def approvals(self) -> ApprovalStore:
+        """Held calls awaiting human approval and time-box grants (``approval/store.py``)."""
         ...
 
 

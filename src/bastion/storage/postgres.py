@@ -23,9 +23,9 @@ from bastion.storage.base import AppendBatch, LogHead, RecordQuery, check_batch,
 from bastion.storage.migrate import SCHEMA_MIGRATIONS_SQL, pending_migrations
 
 if TYPE_CHECKING:
+    from bastion.storage.postgres_approvals import PostgresApprovalStore
     from bastion.storage.postgres_keys import PostgresApiKeyStore
     from bastion.storage.postgres_pins import PostgresToolPinStore
-    from bastion.storage.postgres_approvals import PostgresApprovalStore
 
 _SCHEMA_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 _MIGRATION_LOCK = 0x6261_7374  # "bast": serialises migrations of concurrent gateway starts
@@ -141,6 +141,11 @@ class PostgresStore:
                 if batch.checkpoints:
                     await conn.executemany(_sql.insert_checkpoint_sql(_sql.dollar), _sql.checkpoint_rows(batch))
                 await conn.execute(_sql.upsert_head_sql(_sql.dollar), *_sql.head_row(batch))
+
+    async def fetch_origins(self) -> list[str]:
+        """Every origin that has a log in this store, sorted."""
+        rows = await self._fetch("cannot list origins", "SELECT origin FROM log_heads ORDER BY origin")
+        return [row[0] for row in rows]
 
     async def fetch_head(self, origin: str) -> LogHead | None:
         """Return the origin's stored head, or None."""

@@ -26,9 +26,9 @@ from bastion.errors import StorageError
 from bastion.storage import _sql
 from bastion.storage.base import AppendBatch, LogHead, RecordQuery, check_batch, iterate_pages, unpack_frontier
 from bastion.storage.migrate import SCHEMA_MIGRATIONS_SQL, pending_migrations
+from bastion.storage.sqlite_approvals import SqliteApprovalStore
 from bastion.storage.sqlite_keys import SqliteApiKeyStore
 from bastion.storage.sqlite_pins import SqliteToolPinStore
-from bastion.storage.sqlite_approvals import SqliteApprovalStore
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
@@ -258,6 +258,14 @@ class SqliteStore:
             conn.execute(_sql.upsert_head_sql(_sql.qmark), head)
 
         await self._write(run)
+
+    async def fetch_origins(self) -> list[str]:
+        """Every origin that has a log in this store, sorted."""
+
+        def run(conn: sqlite3.Connection) -> list[str]:
+            return [row[0] for row in conn.execute("SELECT origin FROM log_heads ORDER BY origin")]
+
+        return await self._read(run)
 
     async def fetch_head(self, origin: str) -> LogHead | None:
         """Return the origin's stored head, or None."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import time
+from dataclasses import dataclass
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -101,12 +102,22 @@ async def test_skips_discovery_when_jwks_url_is_configured(key_server: KeyServer
     assert key_server.hits[DISCOVERY_PATH] == 0 and key_server.hits[JWKS_PATH] == 1
 
 
+@dataclass(frozen=True)
+class FROM_NOW:  # noqa: N801 - reads as a value in the parameter table
+    """A claim time given as seconds from the moment the test runs."""
+
+    offset_s: int
+
+    def resolve(self) -> int:
+        return int(time.time()) + self.offset_s
+
+
 @pytest.mark.parametrize(
     ("overrides", "reason"),
     [
-        ({"exp": int(time.time()) - 120}, Reason.EXPIRED),
-        ({"nbf": int(time.time()) + 120}, Reason.NOT_YET_VALID),
-        ({"iat": int(time.time()) + 120}, Reason.ISSUED_IN_FUTURE),
+        ({"exp": FROM_NOW(-120)}, Reason.EXPIRED),
+        ({"nbf": FROM_NOW(120)}, Reason.NOT_YET_VALID),
+        ({"iat": FROM_NOW(120)}, Reason.ISSUED_IN_FUTURE),
         ({"exp": None}, Reason.MISSING_CLAIM),
         ({"exp": "tomorrow"}, Reason.INVALID_CLAIM),
         ({"aud": "https://other.example.com"}, Reason.WRONG_AUDIENCE),
@@ -131,8 +142,10 @@ async def test_refuses_token_when_claims_are_wrong(
 ) -> None:
     key = ec_key()
     key_server.set_keys(key.jwk)
+    # Times are resolved now, not at collection: a long suite must not age them into validity.
+    resolved = {k: v.resolve() if isinstance(v, FROM_NOW) else v for k, v in overrides.items()}
     async with verifier_for(key_server) as (verifier, _):
-        assert await refused(verifier, mint(key, claims(key_server.issuer, **overrides))) is reason
+        assert await refused(verifier, mint(key, claims(key_server.issuer, **resolved))) is reason
 
 
 async def test_accepts_token_when_times_are_within_clock_skew(key_server: KeyServer) -> None:
