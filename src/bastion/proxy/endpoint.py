@@ -61,6 +61,10 @@ async def _run(
     shown_name: str | None = None,
 ) -> Reply:
     """Run one upstream-bound exchange through the pipeline (``shown_name``: the name as the client wrote it)."""
+    if method == "tools/call" and link.name not in session.caller.listed_tools:
+        # Policy must know the upstream's tools (their annotations, and which names exist at all)
+        # before it decides on a call, even when the client never listed them.
+        await _list_all(session, link, "tools/list", request_id)
     inflight = session.inflight_for(request_id)
 
     async def deliver(ex: Exchange) -> Reply:
@@ -77,6 +81,22 @@ async def _run(
     reply = await session.gateway.pipeline(ex)
     assert reply is not None
     return reply
+
+
+async def _list_all(session: DownstreamSession, link: UpstreamLink, method: str, request_id: Any) -> list[dict[str, Any]]:
+    """Every item of one upstream's listing as this caller may see it: all pages, each through the pipeline."""
+    key = naming.LIST_KEYS[method]
+    items: list[dict[str, Any]] = []
+    cursor = None
+    for _ in range(_MAX_LIST_PAGES):
+        reply = await _run(session, link, method, {"cursor": cursor} if cursor else None, request_id)
+        if "result" not in reply:
+            break
+        items.extend(reply["result"].get(key) or [])
+        cursor = reply["result"].get("nextCursor")
+        if not cursor:
+            break
+    return items
 
 
 def _progress_sender(session: DownstreamSession, token: Any) -> Any:
@@ -213,17 +233,7 @@ class FederatedEndpoint:
             caps = (link.init_result or {}).get("capabilities") or {}
             if capability not in caps:
                 return []
-            items: list[dict[str, Any]] = []
-            cursor = None
-            for _ in range(_MAX_LIST_PAGES):
-                reply = await _run(session, link, method, {"cursor": cursor} if cursor else None, request_id)
-                if "result" not in reply:
-                    return items
-                items.extend(naming.qualify_listing(link.name, method, reply["result"].get(key) or []))
-                cursor = reply["result"].get("nextCursor")
-                if not cursor:
-                    break
-            return items
+            return naming.qualify_listing(link.name, method, await _list_all(session, link, method, request_id))
 
         results = await asyncio.gather(*(one(link) for link in list(session.links.values())), return_exceptions=True)
         merged = [item for r in results if isinstance(r, list) for item in r]

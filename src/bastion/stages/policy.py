@@ -16,9 +16,9 @@ from bastion.errors import DenialError, ProtocolError
 from bastion.exchange import Direction, Exchange, Kind, Reply
 from bastion.jsonrpc import codes
 from bastion.pipeline.stage import Next
-from bastion.proxy.naming import unknown_name_error
 from bastion.policy import Action, PolicyEngine, PolicyRequest, RateLimiter, denial_error
 from bastion.policy.model import Kind as Target
+from bastion.proxy.naming import unknown_name_error
 from bastion.stages.pinning import ToolPinning
 
 _PASS = frozenset({"initialize", "ping", "logging/setLevel", "completion/complete"})
@@ -144,9 +144,12 @@ class PolicyStage:
         principal = ex.caller.principal
         trusted = ex.upstream in self._trusted
         if target is Target.TOOL:
-            ex.caller.listed_tools[ex.upstream] = frozenset(
+            names = frozenset(
                 item["name"] for item in result[key] if isinstance(item, dict) and isinstance(item.get("name"), str)
             )
+            if (ex.params or {}).get("cursor"):  # a later page adds to the first
+                names |= ex.caller.listed_tools.get(ex.upstream, frozenset())
+            ex.caller.listed_tools[ex.upstream] = names
         visible = []
         for item in result[key]:
             if not isinstance(item, dict) or not isinstance(item.get(field), str):
