@@ -11,9 +11,9 @@ import pytest
 from mcp.client.client import Client
 from mcp.client.stdio import StdioServerParameters
 from mcp.shared.exceptions import MCPError
+from tests.e2e.gateway import PYTHON, echo_upstream, free_port, running_gateway
 
 from bastion.jsonrpc import codes
-from tests.e2e.gateway import PYTHON, echo_upstream, free_port, running_gateway
 
 pytestmark = [pytest.mark.e2e, pytest.mark.anyio]
 
@@ -51,12 +51,16 @@ async def test_tools_are_listed_and_called_when_client_speaks_stdio_to_the_bridg
     assert progress == [0.0, 1.0]
 
 
-async def test_upstream_errors_pass_through_when_bridged(gateway: str) -> None:
+async def test_errors_pass_through_unchanged_when_bridged(gateway: str) -> None:
     with anyio.fail_after(WAIT_S):
         async with Client(bridge(f"{gateway}/servers/x/mcp"), mode="legacy") as client:
-            result = await client.call_tool("nosuch", {})
-    # The echo server reports an unknown tool as a tool error; the bridge relays it unchanged.
-    assert result.is_error is True
+            # A tool that ran and failed: an isError result, relayed as a result.
+            failed = await client.call_tool("remove_tool", {"name": "never-added"})
+            assert failed.is_error is True
+            # A call Bastion refuses: the JSON-RPC error code crosses the bridge unchanged.
+            with pytest.raises(MCPError) as info:
+                await client.call_tool("nosuch", {})
+    assert info.value.error.code == codes.INVALID_PARAMS
 
 
 async def test_initialize_fails_with_upstream_unavailable_when_gateway_is_down() -> None:

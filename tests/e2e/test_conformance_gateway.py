@@ -17,7 +17,6 @@ from contextlib import ExitStack
 from dataclasses import dataclass
 
 import pytest
-
 from tests.e2e.gateway import PYTHON, ROOT, running_gateway
 
 sys.path.insert(0, str(ROOT / "tests" / "conformance"))

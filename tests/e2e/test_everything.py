@@ -30,7 +30,6 @@ import mcp_types as types
 import pytest
 from mcp.client.client import Client
 from mcp.client.session import ClientRequestContext
-
 from tests.e2e.gateway import PYTHON, ROOT, free_port, running_gateway
 
 sys.path.insert(0, str(ROOT / "tests" / "conformance"))

@@ -17,9 +17,9 @@ import mcp_types as types
 import pytest
 from mcp.client.client import Client
 from mcp.shared.exceptions import MCPError
+from tests.e2e.gateway import echo_upstream, running_gateway
 
 from bastion.jsonrpc import codes
-from tests.e2e.gateway import echo_upstream, running_gateway
 
 pytestmark = [pytest.mark.e2e, pytest.mark.anyio]
 

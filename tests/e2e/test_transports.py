@@ -16,9 +16,9 @@ import anyio
 import httpx
 import pytest
 from mcp.client.client import Client
+from tests.e2e.gateway import ROOT, running_gateway
 
 from bastion.jsonrpc import codes
-from tests.e2e.gateway import ROOT, running_gateway
 
 sys.path.insert(0, str(ROOT / "tests" / "conformance"))
 try:
