@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import pytest
 import reference
+import rfc8785
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from bastion.audit.canonical import CanonicalEncodingError, canonical_bytes
 from bastion.audit.compact import Frontier, root_from_leaf_hashes
 from bastion.audit.hashing import hash_leaf
 from bastion.audit.proof import (
@@ -109,3 +111,24 @@ def test_frontier_root_equals_reference_when_restored_at_any_point(leaves: list[
     for leaf in leaves[cut:]:
         restored.append(hash_leaf(leaf))
     assert restored.root() == reference.mth(leaves)
+
+
+_JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**60), 2**60) | st.floats(allow_nan=False) | st.text(),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(), inner, max_size=4),
+    max_leaves=25,
+)
+
+
+@settings(max_examples=500, deadline=None)
+@given(_JSON_VALUES)
+def test_canonical_bytes_equal_reference_rfc8785_when_fast_path_applies(value: object) -> None:
+    try:
+        expected: bytes | None = rfc8785.dumps(value)
+    except rfc8785.CanonicalizationError:
+        expected = None
+    try:
+        got: bytes | None = canonical_bytes(value)
+    except CanonicalEncodingError:
+        got = None
+    assert got == expected

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import orjson
 import rfc8785
 
 from bastion.errors import BastionError
@@ -29,12 +30,60 @@ def canonical_bytes(obj: Any) -> bytes:
             ±(2**53 - 1) (RFC 8785 §3.2.2.3 via I-JSON, RFC 7493 §2.2), NaN/±Infinity, or a lone
             surrogate (RFC 8785 §3.2.2.2 requires valid Unicode).
     """
+    if _orjson_is_canonical(obj):
+        # Same bytes, ~50x faster: every audit record is canonicalised on the hot path.
+        return orjson.dumps(obj, option=orjson.OPT_SORT_KEYS)
     try:
         return rfc8785.dumps(obj)
     except rfc8785.CanonicalizationError as exc:
         raise CanonicalEncodingError(f"not encodable as RFC 8785 JSON: {exc}") from exc
     except RecursionError as exc:
         raise CanonicalEncodingError("not encodable as RFC 8785 JSON: nested too deeply") from exc
+
+
+_SAFE_INTEGER = 2**53 - 1
+_MAX_FAST_DEPTH = 64
+
+
+def _orjson_is_canonical(value: Any, depth: int = 0) -> bool:
+    """Whether ``orjson`` with sorted keys writes exactly the RFC 8785 bytes of ``value``.
+
+    It does for strings (both escape only ``"``, ``\\`` and controls, the latter in the same
+    short or ``\\u00xx`` forms), booleans, null and integers within ±(2**53 - 1). It does not
+    for floats (ECMAScript number formatting differs from orjson's), for keys outside the BMP
+    (RFC 8785 sorts keys by UTF-16 code units, orjson by code points), for other types, or for
+    lone surrogates; those take the ``rfc8785`` path, which also raises on what has no canonical form.
+    """
+    if isinstance(value, str):
+        return value.isascii() or not _has_surrogate(value)
+    if isinstance(value, bool) or value is None:
+        return True
+    if isinstance(value, int):
+        return -_SAFE_INTEGER <= value <= _SAFE_INTEGER
+    if depth > _MAX_FAST_DEPTH:
+        return False
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if not isinstance(key, str) or not (key.isascii() or _is_bmp_text(key)):
+                return False
+            if not _orjson_is_canonical(item, depth + 1):
+                return False
+        return True
+    if isinstance(value, (list, tuple)):
+        return all(_orjson_is_canonical(item, depth + 1) for item in value)
+    return False
+
+
+def _has_surrogate(text: str) -> bool:
+    try:
+        text.encode("utf-8")  # C speed; only lone surrogates fail
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
+def _is_bmp_text(text: str) -> bool:
+    return not _has_surrogate(text) and max(text) <= "\uffff"
 
 
 def parse_canonical(body: bytes) -> Any:

@@ -10,7 +10,7 @@ import asyncio
 import sys
 from typing import Any
 
-import httpx
+import aiohttp
 
 from bastion.errors import ProtocolError, UpstreamError
 from bastion.jsonrpc import codes
@@ -47,7 +47,8 @@ class _StdoutListener:
 
 async def run_bridge(url: str, headers: dict[str, str], stdin: asyncio.StreamReader, out: Any, timeout_s: float = 300.0) -> None:
     """Relay until stdin closes; then end the HTTP session."""
-    async with httpx.AsyncClient(timeout=httpx.Timeout(timeout_s, connect=10.0)) as client:
+    timeout = aiohttp.ClientTimeout(total=None, sock_connect=10.0, sock_read=timeout_s)
+    async with aiohttp.ClientSession(timeout=timeout) as client:
         transport = StreamableHttpTransport("gateway", url, headers, client)
         initialize_ids: set[RequestId] = set()
         listener = _StdoutListener(transport, out, initialize_ids)

@@ -8,8 +8,9 @@ import contextlib
 import os
 import shutil
 from collections.abc import Callable
+from urllib.parse import urlsplit
 
-import httpx
+import aiohttp
 
 from bastion.config import UpstreamSettings
 from bastion.errors import DenialError
@@ -26,15 +27,18 @@ class UpstreamFactory:
 
     def __init__(self, upstreams: dict[str, UpstreamSettings]) -> None:
         self.settings = upstreams
-        self._clients: dict[str, httpx.AsyncClient] = {}
+        self._clients: dict[str, aiohttp.ClientSession] = {}
 
-    def _client(self, name: str, settings: UpstreamSettings) -> httpx.AsyncClient:
+    def _client(self, name: str, settings: UpstreamSettings) -> aiohttp.ClientSession:
         client = self._clients.get(name)
         if client is None:
-            client = httpx.AsyncClient(
-                timeout=httpx.Timeout(settings.timeout_s, connect=settings.connect_timeout_s),
-                limits=httpx.Limits(max_connections=512, max_keepalive_connections=128),
-                follow_redirects=False,
+            # Per-reply deadlines belong to the link (it also cancels upstream); here only the
+            # connection attempt and a stalled read are bounded.
+            client = aiohttp.ClientSession(
+                timeout=aiohttp.ClientTimeout(total=None, sock_connect=settings.connect_timeout_s),
+                connector=aiohttp.TCPConnector(limit=512, limit_per_host=0),
+                auto_decompress=True,
+                raise_for_status=False,
             )
             self._clients[name] = client
         return client
@@ -87,12 +91,12 @@ class UpstreamFactory:
             found = shutil.which(program, path=settings.env.get("PATH") or os.environ.get("PATH"))
             return None if found else f"command not found: {program}"
         assert settings.url is not None
-        url = httpx.URL(settings.url)
+        url = urlsplit(settings.url)
         port = url.port or (443 if url.scheme == "https" else 80)
         try:
-            _, writer = await asyncio.wait_for(asyncio.open_connection(url.host, port), timeout_s)
+            _, writer = await asyncio.wait_for(asyncio.open_connection(url.hostname, port), timeout_s)
         except (OSError, TimeoutError) as exc:
-            return f"cannot connect to {url.host}:{port}: {type(exc).__name__}"
+            return f"cannot connect to {url.hostname}:{port}: {type(exc).__name__}"
         writer.close()
         with contextlib.suppress(OSError):
             await writer.wait_closed()
@@ -100,5 +104,5 @@ class UpstreamFactory:
 
     async def aclose(self) -> None:
         for client in self._clients.values():
-            await client.aclose()
+            await client.close()
         self._clients.clear()

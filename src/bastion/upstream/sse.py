@@ -8,12 +8,15 @@ import contextlib
 import logging
 from urllib.parse import urljoin
 
-import httpx
+import aiohttp
 
 from bastion.errors import ProtocolError, UpstreamError
 from bastion.jsonrpc.envelope import Message, dumps, parse_message
 from bastion.transport.sse import parse_events
 from bastion.upstream.base import TransportListener
+from bastion.upstream.lines import response_lines
+
+_HTTP_ERRORS = (aiohttp.ClientError, asyncio.TimeoutError)
 
 log = logging.getLogger("bastion.upstream.sse")
 
@@ -21,7 +24,9 @@ log = logging.getLogger("bastion.upstream.sse")
 class SseTransport:
     """One session with a legacy SSE server; the GET stream lives as long as the session."""
 
-    def __init__(self, name: str, url: str, headers: dict[str, str], client: httpx.AsyncClient, connect_timeout_s: float) -> None:
+    def __init__(
+        self, name: str, url: str, headers: dict[str, str], client: aiohttp.ClientSession, connect_timeout_s: float
+    ) -> None:
         self.name = name
         self._url = url
         self._headers = headers
@@ -46,13 +51,14 @@ class SseTransport:
     async def _run(self, listener: TransportListener, endpoint_ready: asyncio.Future[str]) -> None:
         reason = "upstream event stream ended"
         try:
-            async with self._client.stream(
-                "GET", self._url, headers={**self._headers, "accept": "text/event-stream"},
-                timeout=httpx.Timeout(None, connect=self._connect_timeout_s),
+            async with self._client.get(
+                self._url,
+                headers={**self._headers, "accept": "text/event-stream"},
+                timeout=aiohttp.ClientTimeout(total=None, sock_connect=self._connect_timeout_s, sock_read=None),
             ) as response:
-                if response.status_code != 200:
-                    raise UpstreamError(f"upstream {self.name!r} answered HTTP {response.status_code}")
-                async for event in parse_events(response.aiter_lines()):
+                if response.status != 200:
+                    raise UpstreamError(f"upstream {self.name!r} answered HTTP {response.status}")
+                async for event in parse_events(response_lines(response)):
                     if event.event == "endpoint":
                         if not endpoint_ready.done():
                             endpoint_ready.set_result(urljoin(self._url, event.data.strip()))
@@ -69,7 +75,7 @@ class SseTransport:
             reason = str(exc)
             if not endpoint_ready.done():
                 endpoint_ready.set_exception(exc)
-        except httpx.HTTPError as exc:
+        except _HTTP_ERRORS as exc:
             reason = f"upstream unreachable: {type(exc).__name__}"
             if not endpoint_ready.done():
                 endpoint_ready.set_exception(UpstreamError(reason))
@@ -81,13 +87,15 @@ class SseTransport:
         if self._endpoint is None:
             raise UpstreamError(f"upstream {self.name!r} is not connected")
         try:
-            response = await self._client.post(
-                self._endpoint, content=dumps(message), headers={**self._headers, "content-type": "application/json"}
-            )
-        except httpx.HTTPError as exc:
+            async with self._client.post(
+                self._endpoint, data=dumps(message), headers={**self._headers, "content-type": "application/json"}
+            ) as response:
+                status = response.status
+                await response.read()
+        except _HTTP_ERRORS as exc:
             raise UpstreamError(f"upstream {self.name!r} unreachable: {type(exc).__name__}") from exc
-        if response.status_code >= 400:
-            raise UpstreamError(f"upstream {self.name!r} refused a message with HTTP {response.status_code}")
+        if status >= 400:
+            raise UpstreamError(f"upstream {self.name!r} refused a message with HTTP {status}")
 
     async def close(self) -> None:
         self._closing = True

@@ -13,12 +13,13 @@ import contextlib
 import logging
 from typing import Any
 
-import httpx
+import aiohttp
 
 from bastion.errors import ProtocolError, UpstreamError
 from bastion.jsonrpc.envelope import Message, MessageKind, RequestId, classify, dumps, parse_body
 from bastion.transport.sse import parse_events
 from bastion.upstream.base import TransportListener
+from bastion.upstream.lines import response_lines
 
 log = logging.getLogger("bastion.upstream.http")
 
@@ -26,10 +27,19 @@ _ACCEPT = "application/json, text/event-stream"
 _MAX_RESUME_ATTEMPTS = 3
 
 
-class StreamableHttpTransport:
-    """One MCP session with an HTTP upstream, over a shared pooled ``httpx.AsyncClient``."""
+_LISTEN_TIMEOUT = aiohttp.ClientTimeout(total=None, sock_connect=10.0, sock_read=None)
+_HTTP_ERRORS = (aiohttp.ClientError, asyncio.TimeoutError)
 
-    def __init__(self, name: str, url: str, headers: dict[str, str], client: httpx.AsyncClient) -> None:
+
+class StreamableHttpTransport:
+    """One MCP session with an HTTP upstream, over a shared pooled ``aiohttp.ClientSession``.
+
+    aiohttp rather than httpx on this path: it is the hot path of every proxied call, and
+    httpx's pool costs about 2 ms of CPU per request here against a fraction of that for aiohttp
+    (measured with bench/, see docs/benchmarks.md).
+    """
+
+    def __init__(self, name: str, url: str, headers: dict[str, str], client: aiohttp.ClientSession) -> None:
         self.name = name
         self._url = url
         self._headers = {**headers, "accept": _ACCEPT, "content-type": "application/json"}
@@ -67,38 +77,36 @@ class StreamableHttpTransport:
 
     async def _post_one_way(self, message: Message) -> None:
         try:
-            response = await self._client.post(self._url, content=dumps(message), headers=self._request_headers())
-        except httpx.HTTPError as exc:
+            async with self._client.post(self._url, data=dumps(message), headers=self._request_headers()) as response:
+                status = response.status
+                await response.read()
+        except _HTTP_ERRORS as exc:
             raise UpstreamError(f"upstream {self.name!r} unreachable: {type(exc).__name__}") from exc
-        await response.aclose()
-        if response.status_code >= 400:
-            raise UpstreamError(f"upstream {self.name!r} refused a message with HTTP {response.status_code}")
+        if status >= 400:
+            raise UpstreamError(f"upstream {self.name!r} refused a message with HTTP {status}")
 
     async def _post_request(self, message: Message) -> None:
         assert self._listener is not None
         request_id: RequestId = message["id"]
         try:
-            async with self._client.stream(
-                "POST", self._url, content=dumps(message), headers=self._request_headers()
-            ) as response:
+            async with self._client.post(self._url, data=dumps(message), headers=self._request_headers()) as response:
                 if message.get("method") == "initialize":
                     self.session_id = response.headers.get("mcp-session-id", self.session_id)
-                if response.status_code == 404 and self.session_id is not None:
+                if response.status == 404 and self.session_id is not None:
                     self._fail(request_id, "upstream session expired (HTTP 404)")
                     self._listener.on_closed("upstream session expired")
                     return
-                if response.status_code >= 400 and "json" not in response.headers.get("content-type", ""):
-                    self._fail(request_id, f"upstream answered HTTP {response.status_code}")
-                    return
                 content_type = response.headers.get("content-type", "")
+                if response.status >= 400 and "json" not in content_type:
+                    self._fail(request_id, f"upstream answered HTTP {response.status}")
+                    return
                 if content_type.startswith("text/event-stream"):
                     last_id = await self._read_stream(response, request_id)
                     if last_id is not None and not self._answered(request_id):
                         await self._resume(request_id, last_id)
                 else:
-                    body = await response.aread()
-                    await self._deliver_body(body, request_id)
-        except httpx.HTTPError as exc:
+                    await self._deliver_body(await response.read(), request_id)
+        except _HTTP_ERRORS as exc:
             self._fail(request_id, f"upstream unreachable: {type(exc).__name__}")
         finally:
             self._replied.discard(request_id)
@@ -111,28 +119,27 @@ class StreamableHttpTransport:
 
     async def _listen(self) -> None:
         try:
-            async with self._client.stream(
-                "GET", self._url, headers={**self._request_headers(), "accept": "text/event-stream"},
-                timeout=httpx.Timeout(None, connect=10.0),
+            async with self._client.get(
+                self._url, headers={**self._request_headers(), "accept": "text/event-stream"}, timeout=_LISTEN_TIMEOUT
             ) as response:
-                if response.status_code != 200:
+                if response.status != 200:
                     return  # 405: the server offers no GET stream; that is allowed.
                 await self._read_stream(response, None)
-        except httpx.HTTPError as exc:
+        except _HTTP_ERRORS as exc:
             log.info("upstream GET stream ended", extra={"upstream": self.name, "error": type(exc).__name__})
 
-    async def _read_stream(self, response: httpx.Response, request_id: RequestId | None) -> str | None:
+    async def _read_stream(self, response: aiohttp.ClientResponse, request_id: RequestId | None) -> str | None:
         """Deliver every event; return the last event id if the stream ended before the reply."""
         assert self._listener is not None
         last_id: str | None = None
         try:
-            async for event in parse_events(response.aiter_lines()):
+            async for event in parse_events(response_lines(response)):
                 if event.id:
                     last_id = event.id
                 if event.event != "message" or not event.data:
                     continue
                 await self._deliver_body(event.data.encode(), request_id)
-        except httpx.HTTPError:
+        except _HTTP_ERRORS:
             if last_id is None and request_id is not None:
                 self._fail(request_id, "upstream stream broke")
             return last_id
@@ -143,16 +150,18 @@ class StreamableHttpTransport:
     async def _resume(self, request_id: RequestId, last_id: str) -> None:
         for _ in range(_MAX_RESUME_ATTEMPTS):
             try:
-                async with self._client.stream(
-                    "GET", self._url, headers={**self._request_headers(), "accept": "text/event-stream", "last-event-id": last_id}
+                async with self._client.get(
+                    self._url,
+                    headers={**self._request_headers(), "accept": "text/event-stream", "last-event-id": last_id},
+                    timeout=_LISTEN_TIMEOUT,
                 ) as response:
-                    if response.status_code != 200:
+                    if response.status != 200:
                         break
                     new_last = await self._read_stream(response, request_id)
                     if self._answered(request_id):
                         return
                     last_id = new_last or last_id
-            except httpx.HTTPError:
+            except _HTTP_ERRORS:
                 continue
         if not self._answered(request_id):
             self._fail(request_id, "upstream stream broke and could not be resumed")
@@ -187,7 +196,10 @@ class StreamableHttpTransport:
         for task in list(self._tasks):
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
-        if self.session_id is not None:
-            with contextlib.suppress(httpx.HTTPError):
-                await self._client.delete(self._url, headers=self._request_headers(), timeout=2.0)
+        if self.session_id is not None and not self._client.closed:
+            with contextlib.suppress(*_HTTP_ERRORS):
+                async with self._client.delete(
+                    self._url, headers=self._request_headers(), timeout=aiohttp.ClientTimeout(total=2.0)
+                ):
+                    pass
 

@@ -1,0 +1,31 @@
+"""Lines of a streamed HTTP body (for SSE), with a bound on line length.
+
+aiohttp's own line iterator refuses lines longer than its read buffer (64 KiB by default),
+and one SSE ``data:`` line can hold a whole large MCP result; this splits chunks itself.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import aiohttp
+
+MAX_LINE_BYTES = 64 * 1024 * 1024
+
+
+class LineTooLongError(aiohttp.ClientPayloadError):
+    """Raised when a server sends a line longer than ``MAX_LINE_BYTES`` (a broken or hostile stream)."""
+
+
+async def response_lines(response: aiohttp.ClientResponse, max_line_bytes: int = MAX_LINE_BYTES) -> AsyncIterator[str]:
+    """Decoded lines of the body, ``\\n``-terminated ones without the terminator."""
+    pending = b""
+    async for chunk in response.content.iter_any():
+        pending += chunk
+        *lines, pending = pending.split(b"\n")
+        if len(pending) > max_line_bytes:
+            raise LineTooLongError(f"a line exceeds {max_line_bytes} bytes")
+        for line in lines:
+            yield line.decode("utf-8", "replace")
+    if pending:
+        yield pending.decode("utf-8", "replace")
