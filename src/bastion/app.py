@@ -30,7 +30,10 @@ from bastion.approval.notify import Notifier, SlackNotifier, WebhookNotifier
 from bastion.audit.keys import load_signing_key
 from bastion.audit.log import AuditLog
 from bastion.audit.record import EventKind
+from bastion.audit.sealing import SealedField, build_sealer
 from bastion.config import Settings
+from bastion.console import console_router
+from bastion.errors import AuthenticationError
 from bastion.identity.authenticator import Authenticator
 from bastion.identity.principal import Principal
 from bastion.identity.resource import protected_resource_metadata
@@ -66,6 +69,7 @@ class Runtime:
     admin: Router
     approvals: ApprovalService
     exit_stack: contextlib.AsyncExitStack
+    console: Router
 
 
 def _gauges(gateway: Gateway, audit: AuditLog) -> list[tuple[str, str, float]]:
@@ -109,6 +113,7 @@ def preflight(settings: Settings) -> None:
         ConfigError: naming what is wrong.
     """
     load_signing_key(path=settings.audit.signing_key_file, env_var=settings.audit.signing_key_env)
+    build_sealer(settings.audit.seal_raw, settings.audit.origin)
     MaskingEngine(settings.masking)
     if settings.policy is not None:
         PolicyEngine(settings.policy)
@@ -131,8 +136,9 @@ async def start_runtime(settings: Settings) -> Runtime:
     await exit_stack.enter_async_context(approvals.running())
     display_masker = masking.masker(None)
     metrics = Metrics()
+    sealer = build_sealer(settings.audit.seal_raw, settings.audit.origin)
     pipeline = Pipeline(
-        outer=[MetricsStage(metrics, settings.upstreams), AuditStage(audit, masking.masker(None))],
+        outer=[MetricsStage(metrics, settings.upstreams), AuditStage(audit, masking.masker(None), sealer)],
         inner=[
             PolicyStage(
                 engine_source,
@@ -145,7 +151,9 @@ async def start_runtime(settings: Settings) -> Runtime:
                 lambda args: mask_arguments(display_masker, args).value,
                 ApprovalStageOptions(grant_s_by_rule=settings.approval.grants_s),
             ),
-            MaskingStage(masking, settings.masking.mask_arguments_upstream),
+            MaskingStage(
+                masking, settings.masking.mask_arguments_upstream, sealer is not None and SealedField.RESULT in sealer.fields
+            ),
         ],
     )
     gateway = Gateway(settings, pipeline, UpstreamFactory(settings.upstreams), recorder)
@@ -156,10 +164,16 @@ async def start_runtime(settings: Settings) -> Runtime:
 
     mcp = McpHttpEndpoint(gateway, authenticate, recorder.refusal)
 
+    operator_groups = frozenset(settings.operators.groups)
+
     async def authenticate_admin(headers: Mapping[str, str]) -> Principal:
-        return await authenticator.authenticate(headers, path="/admin")
+        principal = await authenticator.authenticate(headers, path="/admin")
+        if operator_groups and not principal.groups & operator_groups:
+            raise AuthenticationError("not an operator", data={"reason": "not_an_operator", "status_code": 403})
+        return principal
 
     admin = Router(routes=approval_routes(approvals, authenticate_admin))
+    console = console_router(approvals, store, authenticate_admin)  # same credentials as the admin API
     await gateway.start()
     await recorder.gateway(
         EventKind.GATEWAY_STARTED,
@@ -167,7 +181,8 @@ async def start_runtime(settings: Settings) -> Runtime:
          "audit_mode": audit.mode.value, "upstreams": sorted(settings.upstreams)},
     )
     watcher_task = asyncio.create_task(watcher.run(), name="policy-watcher") if watcher is not None else None
-    return Runtime(store, audit, http_client, authenticator, gateway, mcp, watcher_task, metrics, admin, approvals, exit_stack)
+    return Runtime(store, audit, http_client, authenticator, gateway, mcp, watcher_task, metrics, admin, approvals, exit_stack,
+                   console)
 
 
 def _approval_service(settings: Settings, store: Store, audit: AuditLog, http_client: httpx.AsyncClient) -> ApprovalService:
@@ -256,10 +271,18 @@ def create_app(settings: Settings) -> Starlette:
         async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
             await state["runtime"].admin(scope, receive, send)
 
+    class _Console:
+        """Forwards to the web console of the running runtime (built in the lifespan)."""
+
+        async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+            await state["runtime"].console(scope, receive, send)
+
     methods = ["GET", "POST", "DELETE"]
     return Starlette(
         routes=[
-            Mount("/admin", app=_Admin()),
+            Route("/admin/approvals", _Admin(), methods=["GET"]),
+            Route("/admin/approvals/{rest:path}", _Admin(), methods=["GET", "POST"]),
+            Mount("/console", app=_Console()),
             Route("/mcp", mcp, methods=methods),
             Route("/servers/{name}/mcp", mcp, methods=methods),
             Route("/healthz", healthz),

@@ -111,6 +111,15 @@ class ApprovalSettings(Model):
     slack_webhook_url: str | None = Field(None, description="Slack-compatible incoming webhook notified of new approvals.")
 
 
+class OperatorSettings(Model):
+    """Who may use the operator surfaces (the admin API at /admin and the console at /console)."""
+
+    groups: list[str] = Field(
+        default_factory=list,
+        description="Groups allowed in; empty admits every authenticated identity (agents included): set it in production.",
+    )
+
+
 class Settings(Model):
     """The whole configuration file."""
 
@@ -125,6 +134,7 @@ class Settings(Model):
     policy_reload_s: float = Field(2.0, gt=0, description="How often policy_file is checked for changes.")
     masking: MaskingSettings = Field(default_factory=MaskingSettings)
     approval: ApprovalSettings = Field(default_factory=ApprovalSettings)
+    operators: OperatorSettings = Field(default_factory=OperatorSettings)
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="Structured log level.")
 
     @field_validator("upstreams")

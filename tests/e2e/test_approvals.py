@@ -24,33 +24,29 @@ from typing import Any
 
 import anyio
 import httpx
-import orjson
 import pytest
 import yaml
 from mcp.shared.exceptions import MCPError
-
-from bastion.cli.main import main as bastion_main
-from bastion.jsonrpc import codes
-from bastion.storage import open_store
 from tests.e2e.approvals_support import (
-    ADMIN_WORKAROUND_PREFIX,
-    Admin,
     WAIT_S,
+    Admin,
     Gateway,
     approval_config,
     approval_records,
     create_keys,
     gateway_in_thread,
+    responses_for,
     sdk_client,
     search,
-    steps,
-    responses_for,
     wait_for_responses,
     wait_for_steps,
 )
 from tests.e2e.gateway import echo_upstream, free_port
 from tests.e2e.test_crash import GatewayProcess
 from tests.e2e.test_identity import RawSession
+
+from bastion.cli.main import main as bastion_main
+from bastion.jsonrpc import codes
 
 pytestmark = [pytest.mark.e2e, pytest.mark.anyio]
 
@@ -191,7 +187,7 @@ async def test_held_call_fails_with_approval_denied_when_an_approver_denies(
 
     assert call.result is None and call.error is not None
     assert call.error.error.code == codes.APPROVAL_DENIED
-    assert call.error.error.data == {"approval_id": approval_id}
+    assert call.error.error.data == {"approval_id": approval_id, "reason": "not during the freeze"}
     _, reviewed = await wait_for_steps(gateway.store_url, approval_id, ["requested", "reviewed"])
     assert (reviewed["who"]["subject"], reviewed["detail"]["verdict"], reviewed["detail"]["reason"],
             reviewed["outcome"]) == ("bob", "deny", "not during the freeze", "denied")
@@ -199,8 +195,6 @@ async def test_held_call_fails_with_approval_denied_when_an_approver_denies(
     assert (response_record["outcome"], response_record["result"]["error"]["code"]) == ("denied", codes.APPROVAL_DENIED)
 
 
-@pytest.mark.xfail(strict=True, reason="stages/approval.py raises APPROVAL_DENIED with data={'approval_id'} only: "
-                                       "the approver's reason never reaches the client")
 async def test_denial_reason_reaches_the_client_when_an_approver_denies(
     gateway: Gateway, http: httpx.AsyncClient
 ) -> None:
@@ -299,7 +293,7 @@ async def test_cli_approval_releases_held_call_when_reviewer_uses_own_token(
     text = unique("drop view")
     async with held_call(gateway, http, "agent", text) as call:
         approval_id = call.approval["id"]
-        argv = ["approvals", "--url", gateway.url + ADMIN_WORKAROUND_PREFIX, "--token", gateway.keys["bob"],
+        argv = ["approvals", "--url", gateway.url, "--token", gateway.keys["bob"],
                 "approve", approval_id, "--reason", "ticket 4712"]
         out = io.StringIO()
 
@@ -317,16 +311,12 @@ async def test_cli_approval_releases_held_call_when_reviewer_uses_own_token(
         "bob", "urn:bastion:api-key", "ticket 4712")
 
 
-@pytest.mark.xfail(strict=True, reason="app.py mounts approval_routes (paths already /admin/...) under "
-                                       "Mount('/admin'): the API answers at /admin/admin/approvals only")
 async def test_admin_api_answers_at_documented_path_when_gateway_runs(
     gateway: Gateway, http: httpx.AsyncClient
 ) -> None:
     response = await http.get(f"{gateway.url}/admin/approvals", headers={"authorization": f"Bearer {gateway.keys['alice']}"})
     assert response.status_code == 200
     assert "approvals" in response.json()
-    # Control for the strict xfail: the workaround path does answer, so the failure above is the mount.
-    assert (await gateway.admin(http, "alice").pending()) is not None
 
 
 # -- pending_error mode: binding and replay -------------------------------------------------------
@@ -366,7 +356,7 @@ async def test_approval_does_not_cover_changed_arguments_when_mode_is_pending_er
     assert (shown["state"], shown["arguments"], shown["held"]) == ("pending", {"text": text_b}, False)
     await wait_for_steps(gateway.store_url, first, ["requested", "reviewed", "executed"])
     await wait_for_steps(gateway.store_url, other, ["requested"])
-    held = [r for r in await responses_for(gateway.store_url, other)]
+    held = await responses_for(gateway.store_url, other)
     assert [(r["outcome"], r["result"]["error"]["code"]) for r in held] == [("held", codes.APPROVAL_PENDING)]
     assert (await gateway.admin(http, "bob").deny(other, "cleanup")).status_code == 200
 
@@ -466,14 +456,14 @@ async def test_held_call_fails_and_approval_is_abandoned_when_gateway_restarts(
                     failure["error"] = exc
 
             tg.start_soon(call)
-            admin = Admin(http, first.url + ADMIN_WORKAROUND_PREFIX, keys["alice"])
+            admin = Admin(http, first.url, keys["alice"])
             approval_id = (await admin.wait_for_pending(text))["id"]
             await first.kill()
         assert isinstance(failure.get("error"), httpx.TransportError)  # the client's call failed
 
         second = gateway_process(tmp_path, store_url)
         await second.start()  # a service abandons its previous runs' held calls before it serves
-        admin = Admin(http, second.url + ADMIN_WORKAROUND_PREFIX, keys["alice"])
+        admin = Admin(http, second.url, keys["alice"])
         abandoned = await admin.show(approval_id)
         late = await admin.approve(approval_id, "too late")
     finally:
@@ -527,7 +517,7 @@ async def test_approval_through_one_instance_releases_call_held_in_another_when_
             a = Gateway(urls[0], str(tmp_path), store_url, keys, "test/approvals-a")
             text = unique("drop shard")
             async with held_call(a, http, "agent", text) as call:
-                via_b = Admin(http, urls[1] + ADMIN_WORKAROUND_PREFIX, keys["alice"])
+                via_b = Admin(http, urls[1], keys["alice"])
                 decided = await via_b.approve(call.approval["id"], "approved on b")
                 assert decided.status_code == 200, decided.text
                 approved_at = anyio.current_time()

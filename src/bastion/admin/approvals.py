@@ -57,6 +57,8 @@ def approval_routes(service: ApprovalService, authenticate: Authenticate) -> lis
         try:
             principal = await caller(request)
         except AuthenticationError as exc:
+            if exc.data.get("status_code") == 403:
+                return _problem(403, "forbidden", "this identity may not use the admin API")
             headers = {"WWW-Authenticate": str(exc.data.get("www_authenticate", "Bearer"))}
             return Response(b'{"error":"unauthorized"}', 401, headers=headers, media_type="application/json")
         try:

@@ -13,7 +13,7 @@ import dataclasses
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -238,8 +238,13 @@ class ApprovalService:
             review = Review(reviewer.subject, reviewer.issuer, verdict, reason, now, via)
             return model.apply_review(current, review, now)
 
-        decided = await self._update(approval_id, vote)
-        await self._record(review_event(decided, decided.reviews[-1]))
+        async def record_first(decided: Approval) -> None:
+            # The review is durable before it can release anything (a waiter here or in another
+            # instance acts on the stored state). A lost compare-and-set race records the vote
+            # again on the retry: the log then shows the attempt that did not apply, never the reverse.
+            await self._record(review_event(decided, decided.reviews[-1]))
+
+        decided = await self._update(approval_id, vote, before_write=record_first)
         if decided.state is ApprovalState.APPROVED and decided.grant_s is not None:
             start = decided.closed_at if decided.closed_at is not None else self._clock()
             grant = Grant(f"grt_{uuid.uuid4().hex}", decided.id, decided.subject, decided.issuer, decided.server,
@@ -270,11 +275,19 @@ class ApprovalService:
 
     # -- internals -------------------------------------------------------------------------------
 
-    async def _update(self, approval_id: str, change: Callable[[Approval], Approval]) -> Approval:
-        """Apply ``change`` with compare-and-set on ``version``, retrying when another writer won."""
+    async def _update(
+        self,
+        approval_id: str,
+        change: Callable[[Approval], Approval],
+        before_write: Callable[[Approval], Awaitable[None]] | None = None,
+    ) -> Approval:
+        """Apply ``change`` with compare-and-set on ``version``, retrying when another writer won;
+        ``before_write`` runs (and may refuse by raising) before the change is stored."""
         for _ in range(MAX_CAS_ATTEMPTS):
             current = await self.fetch(approval_id)
             changed = dataclasses.replace(change(current), version=current.version + 1)
+            if before_write is not None:
+                await before_write(changed)
             if await self.store.replace_approval(changed):
                 self.on_changed(approval_id)
                 await self.store.publish_change(approval_id)

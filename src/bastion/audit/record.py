@@ -103,6 +103,8 @@ class AuditEvent:
     # masking and the rest
     masking: Mapping[str, Any] | None = None
     detail: Mapping[str, Any] | None = None
+    sealed: Mapping[str, Any] | None = None
+    """Raw values encrypted for auditors, by field (``arguments``, ``result``); see audit/sealing.py."""
 
 
 def render_time(moment: datetime) -> str:
@@ -166,6 +168,7 @@ def render_body(event: AuditEvent, origin: str, seq: int, time: datetime) -> dic
         "decision": _group(rule_id=e.rule_id, action=e.action, policy_hash=e.policy_hash),
         "masking": dict(e.masking) if e.masking else None,
         "detail": dict(e.detail) if e.detail else None,
+        "sealed": dict(e.sealed) if e.sealed else None,
     }
     body: dict[str, Any] = {
         "schema": SCHEMA_VERSION,

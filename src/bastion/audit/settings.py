@@ -1,8 +1,8 @@
 """The ``audit:`` section of the configuration file, validated once at load time.
 
 Owns the audit settings model and its defaults (mode, checkpoint cadence, signing key source,
-witnesses, origin). Reading the key, building witnesses and the writer is audit/log.py's and the
-app factory's business; ``${ENV}`` expansion happens in the config loader.
+witnesses, origin, sealed raw values). Reading keys, building witnesses, the sealer and the writer
+is audit/{log,sealing}.py's and the app factory's business; ``${ENV}`` expansion is the loader's.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, HttpUrl, SecretStr, model_validator
 
+from bastion.audit.sealing import SealedField
 from bastion.audit.sinks import SinkSettings
 
 
@@ -50,6 +51,15 @@ class WitnessSettings(_Section):
     s3: S3WitnessSettings | None = None
 
 
+class SealRawSettings(_Section):
+    """Raw (unmasked) values stored encrypted for auditors (audit/sealing.py); absent means never stored."""
+
+    recipients: list[Path] = Field(min_length=1)
+    """Auditor public key files (``bastion audit sealkey``); each can open every sealed value."""
+    what: list[SealedField] = Field(default=[SealedField.ARGUMENTS, SealedField.RESULT], min_length=1)
+    """Which raw values to seal: request arguments, reply results, or both."""
+
+
 def default_origin() -> str:
     """The origin used when none is configured: ``bastion/<hostname>``."""
     return f"bastion/{socket.gethostname()}"
@@ -74,6 +84,8 @@ class AuditSettings(_Section):
     witnesses: WitnessSettings = WitnessSettings()
     sinks: list[SinkSettings] = []
     """Where copies of committed records are streamed (JSON Lines, OTLP, syslog); best-effort."""
+    seal_raw: SealRawSettings | None = None
+    """Store raw arguments/results encrypted to auditor keys; off (None) by default."""
 
     @model_validator(mode="after")
     def _one_key_source(self) -> AuditSettings:

@@ -1,8 +1,8 @@
-"""``bastion audit ...``: keys, offline verification, proofs, exports, search and retention.
+"""``bastion audit ...``: keys, offline verification, proofs, exports, search, retention, sealed values.
 
-Thin shells over bastion.audit.{keys,reading,export,retention} and bastion.verifier. Exit codes
-(verify, verify-proof): 0 verified, 1 verification failed, 2 bad input (unreadable or malformed
-files, unusable store URL). Text output escapes control characters so records cannot forge lines.
+Thin shells over bastion.audit.{keys,reading,export,retention,sealing} and bastion.verifier. Exit
+codes (verify, verify-proof, unseal): 0 verified, 1 verification failed, 2 bad input (unreadable or
+malformed files, unusable store URL). Text output escapes control characters so records cannot forge lines.
 """
 
 from __future__ import annotations
@@ -31,6 +31,14 @@ from bastion.audit.keys import (
     render_vkey,
 )
 from bastion.audit.log import AuditLog
+from bastion.audit.sealing import (
+    SealedField,
+    generate_seal_key,
+    load_seal_private_key,
+    render_seal_private_key,
+    render_seal_public_key,
+    unseal_record,
+)
 from bastion.cli._store import add_store_argument, render_table, resolve_store_url
 from bastion.errors import BastionError, ConfigError, StorageError, VerificationError
 from bastion.storage import AuditStore, RecordQuery, open_store
@@ -64,6 +72,19 @@ def register(commands: Any) -> None:
     p = sub.add_parser("pubkey", help="print the vkey of a private key")
     _key_source(p, required=True)
     p.set_defaults(run=run_pubkey)
+
+    p = sub.add_parser("sealkey", help="generate an auditor key pair for sealed raw values (PREFIX.key, PREFIX.pub)")
+    p.add_argument("--out", required=True, metavar="PREFIX", help="writes PREFIX.key (mode 0600) and PREFIX.pub")
+    p.add_argument("--name", help="key name recorded in each envelope (default: the file name part of PREFIX)")
+    p.set_defaults(run=run_sealkey)
+
+    p = sub.add_parser("unseal", help="decrypt the raw value sealed in one record (exit 0 ok, 1 failed, 2 bad input)")
+    add_store_argument(p)
+    p.add_argument("--origin", required=True)
+    p.add_argument("--seq", type=int, required=True)
+    p.add_argument("--key", required=True, help="auditor private key file written by 'bastion audit sealkey'")
+    p.add_argument("--field", choices=[f.value for f in SealedField], help="which sealed value (default: the only one)")
+    p.set_defaults(run=run_unseal)
 
     p = sub.add_parser("verify", help="verify a stored or exported log offline (exit 0 ok, 1 failed, 2 bad input)")
     source = p.add_mutually_exclusive_group()
@@ -269,6 +290,39 @@ def run_keygen(args: argparse.Namespace) -> int:
 
 def run_pubkey(args: argparse.Namespace) -> int:
     print(render_vkey(_require_key(args).public()))
+    return 0
+
+
+def _create_file(path: str, text: str, mode: int) -> None:
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+    except OSError as exc:
+        raise BadInputError(f"cannot create {path}: {exc.strerror} (existing keys are never overwritten)") from exc
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        handle.write(text)
+
+
+def run_sealkey(args: argparse.Namespace) -> int:
+    key = generate_seal_key(args.name or Path(args.out).name)
+    private_path, public_path = f"{args.out}.key", f"{args.out}.pub"
+    public = render_seal_public_key(key.public())
+    _create_file(private_path, render_seal_private_key(key) + "\n", 0o600)
+    try:
+        _create_file(public_path, public + "\n", 0o644)
+    except BadInputError:
+        Path(private_path).unlink()  # no half-made pair
+        raise
+    print(public)
+    return 0
+
+
+def run_unseal(args: argparse.Namespace) -> int:
+    key = load_seal_private_key(args.key)
+    entry = _run(_with_store(resolve_store_url(args), lambda store: store.fetch_entry(args.origin, args.seq)))
+    if entry is None:
+        raise StorageError(f"no record {args.origin!r}/{args.seq} in the store")
+    _, value = unseal_record(entry.body, key, SealedField(args.field) if args.field else None)
+    print(json.dumps(value, ensure_ascii=True))  # escapes controls and bidi: the raw value cannot forge lines
     return 0
 
 

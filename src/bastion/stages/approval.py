@@ -13,7 +13,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from bastion.approval.model import Approval, ApprovalState, CallKey, TransitionError
+from bastion.approval.model import Approval, ApprovalState, CallKey, TransitionError, Verdict
 from bastion.approval.service import ApprovalService, CallRequest
 from bastion.audit.record import compute_arguments_sha256
 from bastion.errors import BastionError, DenialError
@@ -88,8 +88,12 @@ class ApprovalStage:
             return await call_next(ex)
         ex.notes.outcome = "denied"
         if final.state is ApprovalState.DENIED:
-            raise DenialError(f"approval {final.id} was denied", code=codes.APPROVAL_DENIED,
-                              data={"approval_id": final.id})
+            reason = next((r.reason for r in reversed(final.reviews) if r.verdict is Verdict.DENY and r.reason), None)
+            raise DenialError(
+                f"approval {final.id} was denied" + (f": {reason}" if reason else ""),
+                code=codes.APPROVAL_DENIED,
+                data={"approval_id": final.id, **({"reason": reason} if reason else {})},
+            )
         raise DenialError(f"approval {final.id} {final.state.value}", code=codes.APPROVAL_EXPIRED,
                           data={"approval_id": final.id})
 

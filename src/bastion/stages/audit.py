@@ -4,7 +4,8 @@ On the way in it appends the request record (arguments masked for the log) and w
 durable before any later stage runs; on the way out it appends what is released — result, error,
 denial — and waits again before the reply leaves. A store failure refuses the call (fail closed).
 Progress notifications are not recorded one by one: they carry no data of their own and would
-flood the log; the request and response around them are.
+flood the log; the request and response around them are. With a Sealer (audit.seal_raw), the
+unmasked arguments and result also go into their records, encrypted for the auditors' keys.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import orjson
 from bastion.audit.canonical import CanonicalEncodingError
 from bastion.audit.log import AuditLog
 from bastion.audit.record import AuditEvent, EventKind, Outcome, compute_arguments_sha256
+from bastion.audit.sealing import SealedField, SealedValue, Sealer
 from bastion.errors import StorageError
 from bastion.exchange import CallerContext, Direction, Exchange, Kind, Reply
 from bastion.jsonrpc.envelope import error_body
@@ -49,15 +51,21 @@ class AuditStage:
 
     name: ClassVar[str] = "audit"
 
-    def __init__(self, log: AuditLog, log_masker: Masker) -> None:
+    def __init__(self, log: AuditLog, log_masker: Masker, sealer: Sealer | None = None) -> None:
         self._log = log
         self._masker = log_masker
+        self._sealer = sealer
 
-    def _payload(self, ex: Exchange) -> Any:
+    @staticmethod
+    def _raw_payload(ex: Exchange) -> Any:
         if ex.params is None:
             return None
-        value = ex.arguments if ex.method == "tools/call" else {k: v for k, v in ex.params.items() if k != "_meta"}
-        return self._masker.mask_json(value).value
+        return ex.arguments if ex.method == "tools/call" else {k: v for k, v in ex.params.items() if k != "_meta"}
+
+    def _seal(self, ex: Exchange, field: SealedField, raw: Any) -> SealedValue | None:
+        if self._sealer is None or raw is None:
+            return None
+        return self._sealer.seal_value(field, raw, upstream=ex.upstream, method=ex.method, name=ex.name)
 
     async def __call__(self, ex: Exchange, call_next: Next) -> Reply | None:
         if ex.method in _UNRECORDED:
@@ -78,9 +86,18 @@ class AuditStage:
         if ex.method == "notifications/cancelled":
             kind = EventKind.CANCELLED
         detail = {"direction": ex.direction.value} if ex.direction is Direction.TO_CLIENT else None
+        raw = self._raw_payload(ex)
+        sealed = self._seal(ex, SealedField.ARGUMENTS, raw)
         try:
             receipt = await self._log.append(
-                AuditEvent(kind=kind, arguments=self._payload(ex), arguments_sha256=arguments_sha256, detail=detail, **base)
+                AuditEvent(
+                    kind=kind,
+                    arguments=self._masker.mask_json(raw).value if raw is not None else None,
+                    arguments_sha256=sealed.sha256 if sealed else arguments_sha256,
+                    sealed={SealedField.ARGUMENTS.value: sealed.envelope} if sealed else None,
+                    detail=detail,
+                    **base,
+                )
             )
         except StorageError as exc:
             return {"error": error_body(exc.code, exc.public_message)} if ex.kind is Kind.REQUEST else None
@@ -97,11 +114,13 @@ class AuditStage:
         is_error = result.get("isError") if isinstance(result, dict) and ex.method == "tools/call" else None
         outcome = notes.outcome or ("error" if error is not None or is_error else "ok")
         released = self._masker.mask_json(result).value if result is not None else None
+        # The masking stage leaves the unmasked result only where it changed it; elsewhere it is the reply's.
+        sealed = self._seal(ex, SealedField.RESULT, notes.raw_result if notes.raw_result is not None else result)
         event = AuditEvent(
             kind=EventKind.RESPONSE,
             outcome=Outcome(outcome),
             result=released,
-            result_sha256=notes.raw_result_sha256,
+            result_sha256=notes.raw_result_sha256 or (sealed.sha256 if sealed else None),
             is_error=is_error,
             error=error,
             latency_ms=round((time.monotonic() - ex.started_at) * 1000, 3),
@@ -111,6 +130,7 @@ class AuditStage:
             policy_hash=notes.policy_hash,
             masking={"profiles": list(notes.mask_profiles), "findings": notes.masking} if notes.masking else None,
             detail={**(detail or {}), "approval_id": notes.approval_id} if notes.approval_id else detail,
+            sealed={SealedField.RESULT.value: sealed.envelope} if sealed else None,
             **base,
         )
         try:

@@ -37,10 +37,11 @@ class MaskingStage:
 
     name: ClassVar[str] = "masking"
 
-    def __init__(self, engine: MaskingEngine, mask_arguments_upstream: bool) -> None:
+    def __init__(self, engine: MaskingEngine, mask_arguments_upstream: bool, keep_raw_result: bool = False) -> None:
         self._engine = engine
         self._default = tuple(engine.settings.default_profiles)
         self._mask_arguments = mask_arguments_upstream
+        self._keep_raw = keep_raw_result  # leave the unmasked result for the audit stage to seal
 
     def _masker(self, ex: Exchange) -> Masker | None:
         profiles = (*self._default, *ex.notes.mask_profiles)
@@ -69,6 +70,8 @@ class MaskingStage:
         if reply is None or mask_result is None or not isinstance(reply.get("result"), dict):
             return reply
         ex.notes.raw_result_sha256 = raw_sha256(reply["result"])
+        if self._keep_raw:
+            ex.notes.raw_result = reply["result"]
         outcome = mask_result(masker, reply["result"])
         self._note(ex, outcome, "result")
         return {**reply, "result": outcome.value} if outcome.changed else reply
@@ -82,6 +85,8 @@ class MaskingStage:
         if ex.kind is Kind.NOTIFICATION or reply is None or not isinstance(reply.get("result"), dict):
             return reply
         result: dict[str, Any] = reply["result"]
+        if self._keep_raw:
+            ex.notes.raw_result = result
         outcome = mask_message_result(masker, ex.method, result)
         self._note(ex, outcome, "result")
         return {**reply, "result": outcome.value} if outcome.changed else reply

@@ -106,7 +106,7 @@ async def test_held_call_fails_denied_when_rejected() -> None:
         with pytest.raises(DenialError) as caught:
             await held
     assert caught.value.code == codes.APPROVAL_DENIED
-    assert caught.value.data == {"approval_id": requested.detail["approval_id"]}
+    assert caught.value.data == {"approval_id": requested.detail["approval_id"], "reason": "not today"}
     assert upstream.calls == 0
 
 

@@ -55,6 +55,9 @@ FULL = AuditEvent(
     policy_hash="ab" * 32,
     masking={"profile": "pii", "fields_masked": 1},
     detail={"note": "n"},
+    sealed={"arguments": {"version": "bastion.seal/1", "nonce": "AAAAAAAAAAAAAAAA", "ciphertext": "AAAA",
+                          "recipients": [{"key_name": "auditor", "key_id": "0a1b2c3d", "ephemeral_public": "AAAA",
+                                          "wrapped_key": "AAAA"}]}},
 )
 
 
@@ -78,7 +81,8 @@ def test_full_event_renders_every_group_and_validates(validator: jsonschema.prot
     assert body["correlation"] == {"jsonrpc_id": 7, "session_id": "sess-1", "request_seq": 41,
                                    "traceparent": FULL.traceparent}
     assert set(body) == {"schema", "origin", "seq", "time", "kind", "outcome", "who", "where", "what", "result",
-                         "correlation", "decision", "masking", "detail"}
+                         "correlation", "decision", "masking", "detail", "sealed"}
+    assert body["sealed"]["arguments"]["recipients"][0]["key_id"] == "0a1b2c3d"
 
 
 def test_null_fields_and_empty_groups_are_omitted_when_rendering(validator: jsonschema.protocols.Validator) -> None:
@@ -106,9 +110,12 @@ def test_every_kind_validates_when_rendered(kind: EventKind, validator: jsonsche
         lambda b: b["who"].update(nickname="x"),
         lambda b: b["what"].update(arguments_sha256="XYZ"),
         lambda b: b.update(extra=1),
+        lambda b: b["sealed"]["arguments"].update(version="bastion.seal/2"),
+        lambda b: b["sealed"].update(params=b["sealed"]["arguments"]),
+        lambda b: b["sealed"]["arguments"].update(recipients=[]),
     ],
     ids=["schema-version", "time-without-ms", "unknown-kind", "negative-seq", "unknown-who-field", "bad-digest",
-         "unknown-top-field"],
+         "unknown-top-field", "sealed-version", "unknown-sealed-field", "sealed-without-recipients"],
 )
 def test_schema_rejects_a_body_when_mutated(mutate: Any, validator: jsonschema.protocols.Validator) -> None:
     body = render_body(FULL, "gw-1", 42, MOMENT)
