@@ -61,6 +61,8 @@ class AuditNotes:
     mask_profiles: tuple[str, ...] = ()
     masking: list[dict[str, Any]] = field(default_factory=list)
     raw_result_sha256: str | None = None
+    result_masked: bool = False
+    """The reply's result was masked with (at least) the default profiles: the log may keep it as is."""
     raw_result: Any = None
     """The result before masking; kept only when raw results are sealed (audit.seal_raw)."""
     approval_id: str | None = None

@@ -113,7 +113,10 @@ class AuditStage:
         error = reply.get("error")
         is_error = result.get("isError") if isinstance(result, dict) and ex.method == "tools/call" else None
         outcome = notes.outcome or ("error" if error is not None or is_error else "ok")
-        released = self._masker.mask_json(result).value if result is not None else None
+        if result is None or notes.result_masked:
+            released = result  # already masked for release with a superset of the log's profiles
+        else:
+            released = self._masker.mask_json(result).value
         # The masking stage leaves the unmasked result only where it changed it; elsewhere it is the reply's.
         sealed = self._seal(ex, SealedField.RESULT, notes.raw_result if notes.raw_result is not None else result)
         event = AuditEvent(

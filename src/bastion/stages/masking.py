@@ -74,6 +74,7 @@ class MaskingStage:
             ex.notes.raw_result = reply["result"]
         outcome = mask_result(masker, reply["result"])
         self._note(ex, outcome, "result")
+        ex.notes.result_masked = True  # the masker's profiles always include the defaults the log uses
         return {**reply, "result": outcome.value} if outcome.changed else reply
 
     async def _to_client(self, ex: Exchange, masker: Masker, call_next: Next) -> Reply | None:
@@ -89,4 +90,5 @@ class MaskingStage:
             ex.notes.raw_result = result
         outcome = mask_message_result(masker, ex.method, result)
         self._note(ex, outcome, "result")
+        ex.notes.result_masked = True
         return {**reply, "result": outcome.value} if outcome.changed else reply
