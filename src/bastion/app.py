@@ -43,12 +43,14 @@ from bastion.policy import PolicyEngine, PolicyWatcher, RateLimiter
 from bastion.proxy.gateway import Gateway
 from bastion.stages.approval import ApprovalStage, ApprovalStageOptions
 from bastion.stages.audit import AuditStage, GatewayRecorder
+from bastion.stages.confirmation import UserConfirmationStage
 from bastion.stages.masking import MaskingStage
 from bastion.stages.metrics import Metrics, MetricsStage
 from bastion.stages.pinning import ToolPinning
 from bastion.stages.policy import PolicyStage
 from bastion.storage import Store, open_store
 from bastion.transport.http import McpHttpEndpoint
+from bastion.transport.tls import check_tls_files
 from bastion.upstream.factory import UpstreamFactory
 
 log = logging.getLogger("bastion.app")
@@ -107,7 +109,7 @@ async def _policy_source(settings: Settings, recorder: GatewayRecorder) -> tuple
 
 def preflight(settings: Settings) -> None:
     """Check what validation alone cannot: the signing key loads, policy regexes and CEL compile,
-    masking profiles resolve, the policy file (if any) is valid.
+    masking profiles resolve, the policy file (if any) is valid, the TLS files (if any) load.
 
     Raises:
         ConfigError: naming what is wrong.
@@ -115,6 +117,8 @@ def preflight(settings: Settings) -> None:
     load_signing_key(path=settings.audit.signing_key_file, env_var=settings.audit.signing_key_env)
     build_sealer(settings.audit.seal_raw, settings.audit.origin)
     MaskingEngine(settings.masking)
+    if settings.tls is not None:
+        check_tls_files(settings.tls)
     if settings.policy is not None:
         PolicyEngine(settings.policy)
     elif settings.policy_file is not None:
@@ -146,6 +150,7 @@ async def start_runtime(settings: Settings) -> Runtime:
                 frozenset(name for name, up in settings.upstreams.items() if up.trusted),
                 pinning=ToolPinning(store.tool_pins, lambda change: recorder.gateway(EventKind.CONFIG_CHANGED, change)),
             ),
+            UserConfirmationStage(audit.append, lambda args: mask_arguments(display_masker, args).value),
             ApprovalStage(
                 approvals,
                 lambda args: mask_arguments(display_masker, args).value,
@@ -159,8 +164,8 @@ async def start_runtime(settings: Settings) -> Runtime:
     gateway = Gateway(settings, pipeline, UpstreamFactory(settings.upstreams), recorder)
     metrics.add_gauges(lambda: _gauges(gateway, audit))
 
-    async def authenticate(headers: Mapping[str, str], path: str, peer: str | None) -> Principal:
-        return await authenticator.authenticate(headers, path=path, peer_host=peer)
+    async def authenticate(headers: Mapping[str, str], path: str, peer: str | None, cert_subject: str | None) -> Principal:
+        return await authenticator.authenticate(headers, cert_subject, path=path, peer_host=peer)
 
     mcp = McpHttpEndpoint(gateway, authenticate, recorder.refusal)
 
@@ -173,7 +178,7 @@ async def start_runtime(settings: Settings) -> Runtime:
         return principal
 
     admin = Router(routes=approval_routes(approvals, authenticate_admin))
-    console = console_router(approvals, store, authenticate_admin)  # same credentials as the admin API
+    console = console_router(approvals, store, audit, authenticate_admin)  # same credentials as the admin API
     await gateway.start()
     await recorder.gateway(
         EventKind.GATEWAY_STARTED,

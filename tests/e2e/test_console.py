@@ -27,6 +27,7 @@ from tests.e2e.approvals_support import (
     create_keys,
     gateway_in_thread,
     sdk_client,
+    search,
     wait_for_responses,
     wait_for_steps,
 )
@@ -144,6 +145,10 @@ async def test_approver_releases_held_call_when_approving_in_console(gateway: Ga
             reviewed["detail"]["reason"]) == ("alice", "approve", "console", "looks fine, ticket 4711")
     [response] = await wait_for_responses(gateway.store_url, approval["id"], 1)
     assert response["outcome"] == "ok"
+    # Reading the log through the console is itself recorded, under the reader's identity.
+    reads = await search(gateway.store_url, kind="log_read")
+    assert {r["who"]["subject"] for r in reads} >= {"alice"}
+    assert any("query" in r["detail"] for r in reads) and any("seq" in r["detail"] for r in reads)
     for name in ("login", "refused", "approvals", "approval", "audit", "interaction"):
         assert Path(SHOTS_DIR, f"console-{name}.png").stat().st_size > 0
 

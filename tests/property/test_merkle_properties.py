@@ -132,3 +132,8 @@ def test_canonical_bytes_equal_reference_rfc8785_when_fast_path_applies(value: o
     except CanonicalEncodingError:
         got = None
     assert got == expected
+
+
+@pytest.mark.parametrize("value", [1e-4, -1e-4, 9.99e-5, 1e15 - 0.5, 1e15, 2.0, 0.5, 123.456, 1e-7, 1e21, -0.0])
+def test_canonical_bytes_equal_reference_rfc8785_when_floats_sit_on_a_boundary(value: float) -> None:
+    assert canonical_bytes({"x": value}) == rfc8785.dumps({"x": value})

@@ -43,14 +43,17 @@ def canonical_bytes(obj: Any) -> bytes:
 
 _SAFE_INTEGER = 2**53 - 1
 _MAX_FAST_DEPTH = 64
+_PLAIN_FLOAT_MIN = 1e-4
+_PLAIN_FLOAT_MAX = 1e15
 
 
 def _orjson_is_canonical(value: Any, depth: int = 0) -> bool:
     """Whether ``orjson`` with sorted keys writes exactly the RFC 8785 bytes of ``value``.
 
     It does for strings (both escape only ``"``, ``\\`` and controls, the latter in the same
-    short or ``\\u00xx`` forms), booleans, null and integers within ±(2**53 - 1). It does not
-    for floats (ECMAScript number formatting differs from orjson's), for keys outside the BMP
+    short or ``\\u00xx`` forms), booleans, null, integers within ±(2**53 - 1) and non-integral
+    floats between 1e-4 and 1e15. It does not for other floats (ECMAScript number formatting
+    switches to exponents at other thresholds than orjson's), for keys outside the BMP
     (RFC 8785 sorts keys by UTF-16 code units, orjson by code points), for other types, or for
     lone surrogates; those take the ``rfc8785`` path, which also raises on what has no canonical form.
     """
@@ -60,6 +63,10 @@ def _orjson_is_canonical(value: Any, depth: int = 0) -> bool:
         return True
     if isinstance(value, int):
         return -_SAFE_INTEGER <= value <= _SAFE_INTEGER
+    if isinstance(value, float):
+        # Both write the shortest round-trip digits in plain decimal notation in this range;
+        # outside it (and for integral values: orjson writes "2.0", RFC 8785 "2") they differ.
+        return not value.is_integer() and _PLAIN_FLOAT_MIN <= abs(value) < _PLAIN_FLOAT_MAX
     if depth > _MAX_FAST_DEPTH:
         return False
     if isinstance(value, dict):

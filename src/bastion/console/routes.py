@@ -2,7 +2,7 @@
 
 Owns HTTP mapping only, as the admin API does: the principal comes from the injected
 ``authenticate`` (the admin API's), decisions go through ``ApprovalService.decide`` (so self-approval
-and approver groups are the service's rules), records come from ``Store.search_entries`` and
+and approver groups are the service's rules), records come from ``AuditLog.search_entries`` (which records the read first) and
 ``audit.reading.fetch_interaction``. Mount the returned router at ``/console``.
 """
 
@@ -21,7 +21,9 @@ from starlette.routing import Route, Router
 from bastion.admin.approvals import MAX_LIST_LIMIT, MAX_REASON_CHARS
 from bastion.approval.model import ApprovalState, ReviewRefusedError, Verdict
 from bastion.approval.service import ApprovalNotFoundError, ApprovalService
+from bastion.audit.log import AuditLog
 from bastion.audit.reading import fetch_interaction
+from bastion.audit.record import AuditEvent, EventKind
 from bastion.console import pages
 from bastion.console._html import Markup
 from bastion.console.session import (
@@ -78,7 +80,7 @@ def _utc(value: str) -> str | None:
     return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
 
 
-def console_router(service: ApprovalService, store: Store, authenticate: Authenticate) -> Router:
+def console_router(service: ApprovalService, store: Store, log: AuditLog, authenticate: Authenticate) -> Router:
     """Return the console as a Router whose paths are relative to its mount point."""
 
     def base_of(request: Request) -> str:
@@ -204,7 +206,7 @@ def console_router(service: ApprovalService, store: Store, authenticate: Authent
         except ValueError:
             return _page(pages.audit_page(base, principal, filters, None, "From and Until must be date-times."), 400)
         try:
-            found = await store.search_entries(query)
+            found = await log.search_entries(query, subject=principal.subject)  # records the read first
         except StorageError:
             return _page(pages.audit_page(base, principal, filters, None, "The audit store could not be read."), 503)
         return _page(pages.audit_page(base, principal, filters, found))
@@ -220,6 +222,9 @@ def console_router(service: ApprovalService, store: Store, authenticate: Authent
         except ValueError:
             return _page(pages.message_page(base, "Bad request", "seq must be an integer.", principal), 400)
         try:
+            await log.append(
+                AuditEvent(kind=EventKind.LOG_READ, subject=principal.subject, detail={"origin": origin, "seq": seq})
+            )
             entries = await fetch_interaction(store, origin, seq)
         except StorageError:
             return _page(pages.message_page(base, "Not found", "There is no such record.", principal), 404)
