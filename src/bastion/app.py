@@ -224,17 +224,20 @@ async def stop_runtime(runtime: Runtime) -> None:
     await runtime.http_client.aclose()
 
 
+def _mcp_route(path: str) -> str | None:
+    """"" for /mcp, the upstream name for /servers/<name>/mcp, None for any other path."""
+    if path == "/mcp":
+        return ""
+    if path.startswith("/servers/") and path.endswith("/mcp"):
+        name = path[len("/servers/") : -len("/mcp")]
+        if name and "/" not in name:
+            return name
+    return None
+
+
 def create_app(settings: Settings) -> Starlette:
     """Build the ASGI application for one gateway instance."""
     state: dict[str, Runtime] = {}
-
-    class _Mcp:
-        """Forwards to the MCP endpoint of the running runtime (built in the lifespan)."""
-
-        async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-            await state["runtime"].mcp(scope, receive, send)
-
-    mcp = _Mcp()
 
     async def healthz(request: Request) -> JSONResponse:
         return JSONResponse({"status": "ok"})
@@ -282,14 +285,24 @@ def create_app(settings: Settings) -> Starlette:
         async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
             await state["runtime"].console(scope, receive, send)
 
-    methods = ["GET", "POST", "DELETE"]
-    return Starlette(
+    class _App(Starlette):
+        """Starlette for everything but the MCP endpoints, which every tool call hits: those skip
+        the router and the framework's middleware (their errors are shaped by the endpoint itself)."""
+
+        async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+            if scope["type"] == "http" and "runtime" in state:
+                upstream = _mcp_route(scope["path"])
+                if upstream is not None:
+                    scope["path_params"] = {"name": upstream} if upstream else {}
+                    await state["runtime"].mcp(scope, receive, send)
+                    return
+            await super().__call__(scope, receive, send)
+
+    return _App(
         routes=[
             Route("/admin/approvals", _Admin(), methods=["GET"]),
             Route("/admin/approvals/{rest:path}", _Admin(), methods=["GET", "POST"]),
             Mount("/console", app=_Console()),
-            Route("/mcp", mcp, methods=methods),
-            Route("/servers/{name}/mcp", mcp, methods=methods),
             Route("/healthz", healthz),
             Route("/readyz", readyz),
             Route("/metrics", metrics),
