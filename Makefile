@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.bastion-installed
 
-.PHONY: demo test lint bench bench-smoke install peers postgres docs clean
+.PHONY: demo test lint bench bench-smoke install peers sdk1 postgres docs clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -17,6 +17,10 @@ install: $(STAMP)
 peers:
 	bash scripts/install-test-peers.sh
 
+## make sdk1: the official MCP Python SDK 1.x client in tests/.venv-mcp1 (the e2e suite drives Bastion with it).
+sdk1:
+	PYTHON=$(PYTHON) bash scripts/install-sdk1-client.sh
+
 postgres:
 	bash scripts/ensure-postgres.sh
 
@@ -25,7 +29,7 @@ demo: install peers
 	$(PY) scripts/demo.py
 
 ## make test: lint and types, then the whole suite (unit, contract on SQLite and PostgreSQL, end-to-end with real peers).
-test: install peers postgres lint
+test: install peers sdk1 postgres lint
 	$(PY) -m pytest -q
 
 lint: install
@@ -42,4 +46,4 @@ docs: install
 	$(PY) scripts/gen_config_reference.py
 
 clean:
-	rm -rf $(VENV) tests/node/node_modules .pytest_cache
+	rm -rf $(VENV) tests/.venv-mcp1 tests/node/node_modules .pytest_cache .demo

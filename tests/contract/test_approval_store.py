@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
-import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-import asyncpg
 import pytest
+from tests.contract.backends import POSTGRES, provision
 
 from bastion.approval.model import Approval, ApprovalState, CallKey, Grant, Review, Verdict
 from bastion.approval.service import ApprovalService, CallRequest
@@ -23,31 +21,10 @@ from bastion.storage import open_store
 
 pytestmark = pytest.mark.anyio
 
-PG_DSN = "postgresql://postgres@127.0.0.1:5432/test"
-POSTGRES = pytest.param("postgres", marks=pytest.mark.postgres)
 NOW = 1_800_000_000.0
 ALICE = Principal("alice", "https://idp", frozenset({"dev"}), AuthMethod.JWT)
 BOB = Principal("bob", "https://idp", frozenset({"dba"}), AuthMethod.JWT)
 KEY = CallKey("alice", "https://idp", "db", "drop_table", "a" * 64, "p" * 64)
-
-
-@contextlib.asynccontextmanager
-async def provision(kind: str, tmp_path: Path) -> AsyncIterator[str]:
-    """Yield a store URL of ``kind``; a PostgreSQL store gets its own schema, dropped afterwards."""
-    if kind == "sqlite-file":
-        yield f"sqlite:///{tmp_path / 'bastion.db'}"
-    elif kind == "sqlite-memory":
-        yield "sqlite:///:memory:"
-    else:
-        schema = f"t_{uuid.uuid4().hex[:16]}"
-        try:
-            yield f"{PG_DSN}?schema={schema}"
-        finally:
-            conn = await asyncpg.connect(PG_DSN)
-            try:
-                await conn.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
-            finally:
-                await conn.close()
 
 
 @pytest.fixture(params=["sqlite-file", "sqlite-memory", POSTGRES])

@@ -3,53 +3,18 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import cast
 
-import asyncpg
 import pytest
+from tests.contract.backends import POSTGRES, opened, provision
 
 from bastion.errors import AuthenticationError, StorageError
 from bastion.identity.apikey import ApiKeyRecord, ApiKeyStore, create_api_key, verify_api_key
 from bastion.identity.refusal import Reason
-from bastion.storage import open_store
-from bastion.storage.base import Store
 
 pytestmark = pytest.mark.anyio
 
-PG_DSN = "postgresql://postgres@127.0.0.1:5432/test"
-POSTGRES = pytest.param("postgres", marks=pytest.mark.postgres)
-
-
-@contextlib.asynccontextmanager
-async def provision(kind: str, tmp_path: Path) -> AsyncIterator[str]:
-    """Yield a store URL of ``kind``; a PostgreSQL store gets its own schema, dropped afterwards."""
-    if kind == "sqlite-file":
-        yield f"sqlite:///{tmp_path / 'keys.db'}"
-    elif kind == "sqlite-memory":
-        yield "sqlite:///:memory:"
-    else:
-        schema = f"t_{uuid.uuid4().hex[:16]}"
-        try:
-            yield f"{PG_DSN}?schema={schema}"
-        finally:
-            conn = await asyncpg.connect(PG_DSN)
-            try:
-                await conn.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
-            finally:
-                await conn.close()
-
-
-@contextlib.asynccontextmanager
-async def opened(url: str) -> AsyncIterator[Store]:
-    store = cast(Store, await open_store(url))
-    try:
-        yield store
-    finally:
-        await store.aclose()
 
 
 @pytest.fixture(params=["sqlite-file", "sqlite-memory", POSTGRES])

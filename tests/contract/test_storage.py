@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-import asyncpg
 import pytest
+from tests.contract.backends import POSTGRES, provision
 
 from bastion.audit.canonical import canonical_bytes
 from bastion.audit.compact import Frontier
@@ -20,29 +18,6 @@ from bastion.storage import AppendBatch, AuditStore, LogHead, RecordQuery, open_
 
 pytestmark = pytest.mark.anyio
 
-PG_DSN = "postgresql://postgres@127.0.0.1:5432/test"
-
-
-@contextlib.asynccontextmanager
-async def provision(kind: str, tmp_path: Path) -> AsyncIterator[str]:
-    """Yield a store URL of ``kind``; a PostgreSQL store gets its own schema, dropped afterwards."""
-    if kind == "sqlite-file":
-        yield f"sqlite:///{tmp_path / 'audit.db'}"
-    elif kind == "sqlite-memory":
-        yield "sqlite:///:memory:"
-    else:
-        schema = f"t_{uuid.uuid4().hex[:16]}"
-        try:
-            yield f"{PG_DSN}?schema={schema}"
-        finally:
-            conn = await asyncpg.connect(PG_DSN)
-            try:
-                await conn.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
-            finally:
-                await conn.close()
-
-
-POSTGRES = pytest.param("postgres", marks=pytest.mark.postgres)
 
 
 @pytest.fixture(params=["sqlite-file", "sqlite-memory", POSTGRES])

@@ -27,6 +27,7 @@ import httpx
 import pytest
 import yaml
 from mcp.shared.exceptions import MCPError
+from tests.contract.backends import pg_schema
 from tests.e2e.approvals_support import (
     WAIT_S,
     Admin,
@@ -480,32 +481,15 @@ async def test_held_call_fails_and_approval_is_abandoned_when_gateway_restarts(
 
 # -- two instances on PostgreSQL ------------------------------------------------------------------
 
-PG_DSN = "postgresql://postgres@127.0.0.1:5432/test"
 NOTIFY_RELEASE_S = 3.0
 """Well under the waiters' 5 s store re-read: a release this fast came through LISTEN/NOTIFY."""
-
-
-@contextlib.asynccontextmanager
-async def postgres_schema() -> AsyncIterator[str]:
-    """A store URL in a fresh schema, dropped afterwards."""
-    import asyncpg
-
-    schema = f"e2e_approvals_{uuid.uuid4().hex[:12]}"
-    try:
-        yield f"{PG_DSN}?schema={schema}"
-    finally:
-        conn = await asyncpg.connect(PG_DSN)
-        try:
-            await conn.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
-        finally:
-            await conn.close()
 
 
 @pytest.mark.postgres
 async def test_approval_through_one_instance_releases_call_held_in_another_when_sharing_postgres(
     tmp_path: Path, http: httpx.AsyncClient
 ) -> None:
-    async with postgres_schema() as store_url:
+    async with pg_schema("e2e_approvals") as store_url:
         keys = await create_keys(store_url)
         ports = free_port(), free_port()
         urls = [f"http://127.0.0.1:{p}" for p in ports]
