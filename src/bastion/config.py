@@ -120,6 +120,33 @@ class OperatorSettings(Model):
     )
 
 
+class TlsSettings(Model):
+    """TLS on the listener, terminated by uvicorn itself; optionally with client certificates (mTLS)."""
+
+    certfile: str = Field(description="PEM file with the server certificate (and its chain, leaf first).")
+    keyfile: str | None = Field(None, description="PEM file with the server's private key (omit if it is in certfile).")
+    client_ca_file: str | None = Field(
+        None, description="PEM bundle of the CAs client certificates must chain to; required unless client_cert is none."
+    )
+    client_cert: Literal["none", "optional", "required"] = Field(
+        "none",
+        description="Ask clients for a certificate: none; optional (verified if sent); required (no cert, no handshake).",
+    )
+    client_subject: Literal["dn", "spiffe_id"] = Field(
+        "dn",
+        description="What becomes the caller's subject (identity.mtls.enabled): the RFC 4514 subject DN, or the "
+        "certificate's single spiffe:// URI SAN.",
+    )
+
+    @model_validator(mode="after")
+    def _ca_with_client_certs(self) -> TlsSettings:
+        if self.client_cert != "none" and self.client_ca_file is None:
+            raise ValueError(f"client_cert: {self.client_cert} needs client_ca_file (the CAs client certificates chain to)")
+        if self.client_cert == "none" and self.client_ca_file is not None:
+            raise ValueError("client_ca_file is unused with client_cert: none; set client_cert to optional or required")
+        return self
+
+
 class Settings(Model):
     """The whole configuration file."""
 
@@ -127,6 +154,7 @@ class Settings(Model):
     store: str = Field("sqlite:///./bastion.db", description="Store URL: sqlite:///PATH or postgresql://...")
     upstreams: dict[str, UpstreamSettings] = Field(description="Upstream MCP servers by name ([a-z][a-z0-9-]*).")
     http: HttpSettings = Field(default_factory=HttpSettings)
+    tls: TlsSettings | None = Field(None, description="Serve HTTPS (and optionally verify client certificates); null: plain HTTP.")
     identity: IdentitySettings = Field(description="Who may call: JWT issuers, API keys, mTLS, or explicit anonymous access.")
     audit: AuditSettings = Field(description="The tamper-evident audit log: signing key, checkpoints, witnesses, mode.")
     policy: PolicySettings | None = Field(None, description="Inline policy rules (or use policy_file).")

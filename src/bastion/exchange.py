@@ -44,6 +44,8 @@ class CallerContext:
     user_agent: str | None = None
     client_info: dict[str, Any] | None = None
     protocol_version: str | None = None
+    client_capabilities: dict[str, Any] | None = None
+    """The ``capabilities`` the client declared in its initialize params (None: not an object)."""
     listed_tools: dict[str, frozenset[str]] = field(default_factory=dict)
     """Tool names per upstream as this session last listed them: a call to any other name is
     answered exactly like a hidden one."""
@@ -70,6 +72,8 @@ class AuditNotes:
 
 
 Deliver = Callable[["Exchange"], Awaitable[Reply | None]]
+AskClient = Callable[[str, dict[str, Any]], Awaitable[Reply]]
+"""Sends one request (method, params) to the caller's own client and returns its reply body."""
 
 
 @dataclass(slots=True)
@@ -95,6 +99,8 @@ class Exchange:
     """Sends a progress message to the client for this request, when it asked for progress."""
     approval_requirement: ApprovalRequirement | None = None
     """Set by the policy stage when a human must approve this call first."""
+    ask_client: AskClient | None = None
+    """Asks the caller's client something in-band (e.g. ``elicitation/create``), when a session can."""
     started_at: float = field(default_factory=time.monotonic)
     notes: AuditNotes = field(default_factory=AuditNotes)
 

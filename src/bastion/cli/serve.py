@@ -12,6 +12,7 @@ from starlette.applications import Starlette
 from bastion.app import create_app, preflight
 from bastion.config import load_settings
 from bastion.logs import configure_logging
+from bastion.transport.tls import tls_protocol_class, uvicorn_tls_options
 
 
 def register(commands: Any) -> None:
@@ -40,6 +41,9 @@ def run(args: argparse.Namespace) -> int:
     preflight(settings)
     configure_logging(settings.log_level)
     app = create_app(settings)
+    # TLS: uvicorn terminates it; the protocol class adds the verified client certificate to each scope.
+    tls: dict[str, Any] = {} if settings.tls is None else {
+        "http": tls_protocol_class(), **uvicorn_tls_options(settings.tls)}
     config = uvicorn.Config(
         app,
         host=settings.listen_host,
@@ -48,6 +52,7 @@ def run(args: argparse.Namespace) -> int:
         access_log=False,
         timeout_graceful_shutdown=int(settings.http.shutdown_grace_s) or None,
         lifespan="on",
+        **tls,
     )
     server = _Server(config, app)
     server.run()

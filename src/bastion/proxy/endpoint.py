@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 from typing import TYPE_CHECKING, Any, Protocol
 
 from bastion import __version__
@@ -74,6 +75,7 @@ async def _run(
 
     ex = session.exchange(method, params, request_id, link.name, deliver, name=target_name(method, params))
     ex.shown_name = shown_name
+    ex.ask_client = functools.partial(session.ask_client, related=inflight)
     if inflight is not None:
         ex.traceparent = inflight.traceparent
         if inflight.progress_token is not None:

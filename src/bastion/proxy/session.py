@@ -206,18 +206,7 @@ class DownstreamSession:
     ) -> None:
 
         async def deliver(ex: Exchange) -> Reply:
-            future: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
-            self._client_requests[client_id] = future
-            out: Message = {"jsonrpc": "2.0", "id": client_id, "method": ex.method}
-            if ex.params is not None:
-                out["params"] = ex.params
-            self.send_to_client(out, related)
-            try:
-                return await asyncio.wait_for(future, _CLIENT_REPLY_TIMEOUT_S)
-            except TimeoutError:
-                raise UpstreamError("the client did not answer in time", code=codes.UPSTREAM_TIMEOUT) from None
-            finally:
-                self._client_requests.pop(client_id, None)
+            return await self._request_client(client_id, ex.method, ex.params, related)
 
         try:
             ex = self.exchange(
@@ -229,6 +218,43 @@ class DownstreamSession:
                 await link.respond(message["id"], reply)
         finally:
             self._relays.pop((link.name, message["id"]), None)
+
+    async def _request_client(
+        self, client_id: int, method: str, params: dict[str, Any] | None, related: Inflight | None
+    ) -> Reply:
+        """Send one request to the client under ``client_id`` and wait (bounded) for its reply body.
+
+        Raises:
+            UpstreamError: UPSTREAM_TIMEOUT when the client does not answer in time.
+        """
+        future: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
+        self._client_requests[client_id] = future
+        out: Message = {"jsonrpc": "2.0", "id": client_id, "method": method}
+        if params is not None:
+            out["params"] = params
+        self.send_to_client(out, related)
+        try:
+            return await asyncio.wait_for(future, _CLIENT_REPLY_TIMEOUT_S)
+        except TimeoutError:
+            raise UpstreamError("the client did not answer in time", code=codes.UPSTREAM_TIMEOUT) from None
+        finally:
+            self._client_requests.pop(client_id, None)
+
+    async def ask_client(self, method: str, params: dict[str, Any], related: Inflight | None = None) -> Reply:
+        """Bastion's own request to this client (e.g. ``elicitation/create``), on ``related``'s stream.
+
+        A caller that stops waiting (its own deadline, or the client's call was cancelled) tells
+        the client with ``notifications/cancelled`` so it can dismiss the question.
+        Raises:
+            UpstreamError: UPSTREAM_TIMEOUT when the client does not answer in time.
+        """
+        client_id = next(self._client_ids)
+        try:
+            return await self._request_client(client_id, method, params, related)
+        except (asyncio.CancelledError, UpstreamError):
+            cancelled = {"requestId": client_id, "reason": "no longer needed"}
+            self.send_to_client({"jsonrpc": "2.0", "method": "notifications/cancelled", "params": cancelled}, related)
+            raise
 
     def on_client_reply(self, message: Message) -> bool:
         """The client answered a request Bastion relayed to it; False if nobody waits for it."""

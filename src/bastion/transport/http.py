@@ -28,11 +28,13 @@ from bastion.proxy.session import DownstreamSession
 from bastion.proxy.streams import ReplyStream, parse_event_id
 from bastion.proxy.versions import BATCH_VERSIONS, DEFAULT_VERSION_WITHOUT_HEADER, SUPPORTED_VERSIONS
 from bastion.transport.sse import render_event
+from bastion.transport.tls import client_cert_subject
 
 log = logging.getLogger("bastion.http")
 
-Authenticate = Callable[[Mapping[str, str], str, str | None], Awaitable[Principal]]
-"""(lower-cased headers, request path, TCP peer host) → the caller, or AuthenticationError."""
+Authenticate = Callable[[Mapping[str, str], str, str | None, str | None], Awaitable[Principal]]
+"""(lower-cased headers, request path, TCP peer host, verified client certificate subject) → the caller,
+or AuthenticationError."""
 RecordRefusal = Callable[[CallerContext, str, dict[str, Any]], Awaitable[None]]
 
 _KEEPALIVE_S = 15.0
@@ -60,6 +62,8 @@ class McpHttpEndpoint:
         http = gateway.settings.http
         self._allowed_hosts = {h.lower() for h in http.allowed_hosts}
         self._allowed_origins = {o.lower() for o in http.allowed_origins}
+        tls = gateway.settings.tls
+        self._client_subject = tls.client_subject if tls is not None else "dn"
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
@@ -77,7 +81,9 @@ class McpHttpEndpoint:
                 raise HttpError(404, codes.INVALID_REQUEST, f"Not Found: no upstream named {upstream!r}")
             self._check_host_and_origin(headers)
             try:
-                caller.principal = await self._authenticate(headers, scope["path"], caller.source_address)
+                caller.principal = await self._authenticate(
+                    headers, scope["path"], caller.source_address, client_cert_subject(scope, self._client_subject)
+                )
             except AuthenticationError as exc:
                 raise HttpError(
                     int(exc.data.get("status_code", 401)),
@@ -168,6 +174,8 @@ class McpHttpEndpoint:
             params = messages[0].get("params") or {}
             caller.client_info = params.get("clientInfo") if isinstance(params.get("clientInfo"), dict) else None
             caller.protocol_version = params.get("protocolVersion")
+            capabilities = params.get("capabilities")
+            caller.client_capabilities = capabilities if isinstance(capabilities, dict) else None
             session = self.gateway.open_session(caller, endpoint)
             try:
                 await self.gateway.recorder.session(caller, opened=True)
