@@ -156,13 +156,18 @@ class GatewayRecorder:
         self.log = log
         self._masker = masker
 
-    async def refusal(self, caller: CallerContext, reason: str, detail: dict[str, Any]) -> None:
+    async def refusal(self, caller: CallerContext, reason: str, detail: dict[str, Any], identified: bool) -> None:
+        """Record a request refused at the HTTP plane; an unidentified caller is recorded without
+        any identity (not as "anonymous", which is a real, configured kind of caller)."""
+        fields = who(caller)
+        if not identified:
+            fields.update(subject=None, issuer=None, auth_method=None, groups=(), client_id=None)
         await self.log.append(
             AuditEvent(
                 kind=EventKind.REQUEST,
                 outcome=Outcome.DENIED,
                 detail={"reason": self._masker.mask_text(reason).value, **detail},
-                **who(caller),
+                **fields,
             )
         )
 

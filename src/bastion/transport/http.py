@@ -35,7 +35,8 @@ log = logging.getLogger("bastion.http")
 Authenticate = Callable[[Mapping[str, str], str, str | None, str | None], Awaitable[Principal]]
 """(lower-cased headers, request path, TCP peer host, verified client certificate subject) → the caller,
 or AuthenticationError."""
-RecordRefusal = Callable[[CallerContext, str, dict[str, Any]], Awaitable[None]]
+RecordRefusal = Callable[[CallerContext, str, dict[str, Any], bool], Awaitable[None]]
+"""(caller, reason, detail, whether the caller was identified) → records a refusal at the HTTP plane."""
 
 _KEEPALIVE_S = 15.0
 
@@ -75,6 +76,7 @@ class McpHttpEndpoint:
             source_address=(scope.get("client") or ("", 0))[0] or None,
             user_agent=headers.get("user-agent"),
         )
+        identified = False
         try:
             endpoint = self.gateway.endpoint_for(upstream)
             if endpoint is None:
@@ -92,6 +94,7 @@ class McpHttpEndpoint:
                     {"www-authenticate": exc.data.get("www_authenticate", "Bearer")},
                     reason=str(exc.data.get("reason", "unauthenticated")),
                 ) from None
+            identified = True
             method = scope["method"]
             if method == "POST":
                 await self._post(scope, receive, send, headers, caller, endpoint)
@@ -106,7 +109,7 @@ class McpHttpEndpoint:
         except HttpError as exc:
             if exc.status >= 400:
                 with contextlib.suppress(StorageError):  # refused either way; the log says why it could not record
-                    await self._record_refusal(caller, exc.reason, {"http_status": exc.status})
+                    await self._record_refusal(caller, exc.reason, {"http_status": exc.status}, identified)
             body = dumps(render_error(None, exc.code, exc.message))
             await _respond(send, exc.status, body, {"content-type": "application/json", **exc.headers})
 
