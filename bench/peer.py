@@ -90,6 +90,9 @@ async def start(workdir: Path, upstream_url: str, procs: Any, log: Any) -> dict[
         "DATABASE_URL": f"sqlite:///{workdir}/contextforge.db", "CACHE_TYPE": "database",
         "SSRF_ALLOW_LOCALHOST": "true", "SSRF_ALLOW_PRIVATE_NETWORKS": "true",
         "LOG_LEVEL": "ERROR", "SECURE_COOKIES": "false",
+        # Its default per-tier limit (100 requests/min, then a 15-minute lockout) would measure the
+        # limiter, not the gateway: a throughput benchmark needs it off (Bastion runs none either).
+        "RATE_LIMITING_ENABLED": "false", "RATE_LIMIT_LOCKOUT_ENABLED": "false", "TOOL_RATE_LIMIT": "1000000",
     }
     info["env"] = {k: ("<secret>" if "SECRET" in k or "PASSWORD" in k else v) for k, v in env.items() if k not in ("PATH", "HOME")}
     argv = [str(VENV / "bin" / "mcpgateway"), "--host", "127.0.0.1", "--port", str(port), "--workers", str(os.cpu_count() or 2)]

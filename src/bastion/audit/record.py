@@ -114,8 +114,8 @@ def render_time(moment: datetime) -> str:
     """
     if moment.tzinfo is None:
         raise ValueError("audit times must be timezone-aware")
-    utc = moment.astimezone(UTC)
-    return f"{utc:%Y-%m-%dT%H:%M:%S}.{utc.microsecond // 1000:03d}Z"
+    # isoformat is C code; strftime-style formatting was a visible share of the writer's time.
+    return moment.astimezone(UTC).replace(tzinfo=None).isoformat(timespec="milliseconds") + "Z"
 
 
 def compute_sha256_hex(data: bytes) -> str:
