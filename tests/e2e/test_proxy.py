@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
 
 import httpx
@@ -112,3 +113,25 @@ async def test_oversized_body_gets_413_when_posted(gateway: str) -> None:
             headers={"content-type": "application/json", "accept": "application/json, text/event-stream"},
         )
     assert response.status_code == 413
+
+
+async def test_reused_request_id_is_refused_when_the_first_is_still_in_flight(gateway: str) -> None:
+    url = f"{gateway}/servers/alpha/mcp"
+    base = {"content-type": "application/json", "accept": "application/json, text/event-stream"}
+    init = {"jsonrpc": "2.0", "id": 0, "method": "initialize",
+            "params": {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}}
+    async with httpx.AsyncClient(timeout=10) as http:
+        opened = await http.post(url, json=init, headers=base)
+        headers = {**base, "mcp-session-id": opened.headers["mcp-session-id"], "mcp-protocol-version": "2025-11-25"}
+        slow = {"jsonrpc": "2.0", "id": 5, "method": "tools/call",
+                "params": {"name": "slow", "arguments": {"seconds": 1}, "_meta": {"progressToken": "p"}}}
+        async with http.stream("POST", url, json=slow, headers=headers) as first:
+            lines = first.aiter_lines()
+            async for line in lines:  # the first progress event proves the call is in flight
+                if "notifications/progress" in line:
+                    break
+            reused = {"jsonrpc": "2.0", "id": 5, "method": "tools/call", "params": {"name": "echo", "arguments": {"text": "y"}}}
+            again = await http.post(url, json=reused, headers=headers)
+            assert again.json()["error"]["code"] == codes.INVALID_REQUEST
+            rest = [line async for line in lines]
+        assert any("slept 1" in line for line in rest)

@@ -32,6 +32,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("bastion.session")
 
 _BACKLOG_LIMIT = 1000
+_KEPT_STREAMS = 64
+"""Finished streams whose client went away are kept this many at most, for Last-Event-ID replay."""
 _CLIENT_REPLY_TIMEOUT_S = 600.0
 
 
@@ -70,6 +72,9 @@ class DownstreamSession:
 
     def open_stream(self, owed: list[RequestId]) -> ReplyStream:
         stream = ReplyStream(f"{self.id[:8]}{next(self._stream_ids)}", owed, self.gateway.settings.http.replay_events)
+        if len(self.streams) >= _KEPT_STREAMS:
+            for stale in [s for s in self.streams.values() if s.finished and not s.attached][: len(self.streams) // 2]:
+                del self.streams[stale.stream_id]
         self.streams[stream.stream_id] = stream
         if stream.is_get:
             while self._backlog:
@@ -119,6 +124,12 @@ class DownstreamSession:
     def start_request(self, message: Message, stream: ReplyStream, traceparent: str | None = None) -> None:
         """Run one client request in its own task; its reply lands on ``stream``."""
         request_id: RequestId = message["id"]
+        if request_id in self._inflight:
+            # JSON-RPC ids must be unique among a peer's outstanding requests; a reused one would
+            # make the two replies indistinguishable, so the second request is refused.
+            stream.push(render_reply(request_id, {"error": {"code": codes.INVALID_REQUEST,
+                                                             "message": "Invalid Request: id already in use"}}))
+            return
         meta = (message.get("params") or {}).get("_meta") or {}
         token = meta.get("progressToken") if isinstance(meta, dict) else None
         task = self.spawn(self._run_request(message, stream))
