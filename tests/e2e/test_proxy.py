@@ -135,3 +135,24 @@ async def test_reused_request_id_is_refused_when_the_first_is_still_in_flight(ga
             assert again.json()["error"]["code"] == codes.INVALID_REQUEST
             rest = [line async for line in lines]
         assert any("slept 1" in line for line in rest)
+
+
+async def test_post_ends_without_a_reply_when_its_only_request_is_cancelled(gateway: str) -> None:
+    url = f"{gateway}/servers/alpha/mcp"
+    base = {"content-type": "application/json", "accept": "application/json, text/event-stream"}
+    init = {"jsonrpc": "2.0", "id": 0, "method": "initialize",
+            "params": {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}}
+    async with httpx.AsyncClient(timeout=10) as http:
+        opened = await http.post(url, json=init, headers=base)
+        headers = {**base, "mcp-session-id": opened.headers["mcp-session-id"], "mcp-protocol-version": "2025-11-25"}
+        slow = {"jsonrpc": "2.0", "id": 9, "method": "tools/call",
+                "params": {"name": "slow", "arguments": {"seconds": 1.5}, "_meta": {"progressToken": "c"}}}
+        async with http.stream("POST", url, json=slow, headers=headers) as first:
+            lines = first.aiter_lines()
+            async for line in lines:  # in flight once its first progress event arrives
+                if "notifications/progress" in line:
+                    break
+            cancel = {"jsonrpc": "2.0", "method": "notifications/cancelled", "params": {"requestId": 9, "reason": "t"}}
+            assert (await http.post(url, json=cancel, headers=headers)).status_code == 202
+            rest = [line async for line in lines]  # the stream ends, with no reply for id 9
+        assert not any('"id":9' in line and ("result" in line or "error" in line) for line in rest)

@@ -124,12 +124,13 @@ def _emit_class(members: frozenset[int]) -> str:
 class _Budget:
     """Minimum width still to be covered before a truncated translation may stop (None: no limit)."""
 
-    __slots__ = ("left", "state", "stopped")
+    __slots__ = ("fresh", "left", "state", "stopped")
 
     def __init__(self, limit: int | None, state: Any) -> None:
         self.left = limit
         self.state = state
         self.stopped = False
+        self.fresh = True  # nothing translated yet: a leading lookbehind may still become a consumed character
 
 
 def _seq(items: Iterable[tuple[Any, Any]], icase: bool, top: _Budget | None) -> str:
@@ -145,6 +146,11 @@ def _seq(items: Iterable[tuple[Any, Any]], icase: bool, top: _Budget | None) -> 
             top.stopped = True
             break
         name = str(op)
+        if top is not None and top.fresh and name not in ("SUBPATTERN", "ATOMIC_GROUP"):
+            top.fresh = False
+            if name == "ASSERT_NOT" and (before := _before(arg, icase)) is not None:
+                out.append(before)
+                continue
         if top is not None and top.left is not None and name not in ("SUBPATTERN", "ATOMIC_GROUP"):
             top.left = max(0, top.left - _parser.SubPattern(top.state, [(op, arg)]).getwidth()[0])
         if name == "LITERAL":
@@ -181,6 +187,27 @@ def _seq(items: Iterable[tuple[Any, Any]], icase: bool, top: _Budget | None) -> 
         else:
             raise Unsupported(name)
     return "".join(out)
+
+
+def _before(arg: tuple[int, Any], icase: bool) -> str | None:
+    """A leading one-character negative lookbehind ``(?<!C)`` as the consumed ``(?:^|[^C])``, else None.
+
+    Where the pattern matches at ``p``, the character at ``p - 1`` (if any) is not in ``C``, so the
+    translation matches from ``p - 1`` (or from the very start): the reported start stays ``<= p``.
+    The complement keeps every byte 0x80–0xFF, since a non-ASCII character may fall outside ``C``.
+    """
+    direction, sub = arg
+    if direction != -1 or len(sub) != 1 or str(sub[0][0]) not in ("LITERAL", "NOT_LITERAL", "IN"):
+        return None
+    op, value = sub[0]
+    if str(op) == "LITERAL":
+        items = [(op, value)]
+    elif str(op) == "NOT_LITERAL":
+        items = [(_const.NEGATE, None), (_const.LITERAL, value)]
+    else:
+        items = list(value)
+    outside = (_ALL - _char_class(items, icase)) | _HIGH
+    return f"(?:^|{_emit_class(frozenset(outside))})"
 
 
 def translate(pattern: str, limit: int | None = None) -> str:

@@ -148,7 +148,7 @@ class DownstreamSession:
             reply = error_reply(exc)
             await self.gateway.record_unrouted(self.caller, message, reply)
         except asyncio.CancelledError:
-            stream.owed.discard(request_id)  # MCP: no response to a cancelled request
+            stream.settle(request_id)  # MCP: no response to a cancelled request
             raise
         finally:
             entry = self._inflight.pop(request_id, None)

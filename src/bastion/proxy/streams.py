@@ -22,7 +22,7 @@ class ReplyStream:
         self.is_get = not self.owed
         self._seq = 0
         self._replay: deque[tuple[int, bytes]] = deque(maxlen=max(replay_limit, 1))
-        self._queue: asyncio.Queue[tuple[int, Message, bytes]] = asyncio.Queue()
+        self._queue: asyncio.Queue[tuple[int, Message, bytes] | None] = asyncio.Queue()
         self.closed = False
         self.attached = True
         """Whether an HTTP response is currently reading this stream."""
@@ -41,13 +41,21 @@ class ReplyStream:
         """A POST stream is finished once every request it carried has its response queued."""
         return not self.is_get and not self.owed
 
-    async def next(self) -> tuple[int, Message, bytes]:
+    def settle(self, request_id: RequestId) -> None:
+        """The request will get no response (it was cancelled): stop owing it, and wake the reader."""
+        self.owed.discard(request_id)
+        self._queue.put_nowait(None)
+
+    async def next(self) -> tuple[int, Message, bytes] | None:
+        """The next queued message, or None when only a settlement woke the reader."""
         return await self._queue.get()
 
     def drain(self) -> list[tuple[int, Message, bytes]]:
         items = []
         while not self._queue.empty():
-            items.append(self._queue.get_nowait())
+            item = self._queue.get_nowait()
+            if item is not None:
+                items.append(item)
         return items
 
     def event_id(self, seq: int) -> str:

@@ -212,9 +212,12 @@ class McpHttpEndpoint:
             session.start_request(message, stream, _traceparent(headers))
         extra = {"mcp-session-id": session.id}
         first = await stream.next()
-        items = [first, *stream.drain()]
+        items = [item for item in (first, *stream.drain()) if item is not None]
         if stream.finished and all("method" not in m for _, m, _ in items):
             session.release_stream(stream)
+            if not items:  # every request it carried was cancelled: there is nothing to answer
+                await _respond(send, 202, b"", extra)
+                return
             payload = dumps([m for _, m, _ in items]) if batch else items[0][2]
             await _respond(send, 200, payload, {"content-type": "application/json", **extra})
             return
@@ -295,8 +298,9 @@ class McpHttpEndpoint:
                     if not done:
                         await _send_chunk(send, b": keepalive\n\n")
                     continue
-                seq, _, data = next_item.result()
-                await _send_chunk(send, render_event(data, stream.event_id(seq)))
+                item = next_item.result()
+                if item is not None:
+                    await _send_chunk(send, render_event(item[2], stream.event_id(item[0])))
             if not disconnected.is_set():
                 for seq, _, data in stream.drain():
                     await _send_chunk(send, render_event(data, stream.event_id(seq)))
