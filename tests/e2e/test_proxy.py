@@ -156,3 +156,12 @@ async def test_post_ends_without_a_reply_when_its_only_request_is_cancelled(gate
             assert (await http.post(url, json=cancel, headers=headers)).status_code == 202
             rest = [line async for line in lines]  # the stream ends, with no reply for id 9
         assert not any('"id":9' in line and ("result" in line or "error" in line) for line in rest)
+
+
+async def test_new_tool_is_callable_without_relisting_when_upstream_announced_it(gateway: str) -> None:
+    async with Client(f"{gateway}/servers/alpha/mcp") as client:
+        assert "fresh" not in {t.name for t in (await client.list_tools()).tools}
+        await client.call_tool("add_tool", {"name": "fresh"})  # the upstream sends tools/list_changed
+        result = await client.call_tool("fresh", {"text": "hello"})
+        assert result.content[0].text == "hello"  # type: ignore[union-attr]
+        await client.call_tool("remove_tool", {"name": "fresh"})

@@ -193,6 +193,9 @@ class DownstreamSession:
             return
         method = message["method"]
         params = message.get("params")
+        if method == "notifications/tools/list_changed":
+            # What policy knows of this upstream's tools is stale: the next call lists them afresh.
+            self.caller.listed_tools.pop(link.name, None)
         if method == "notifications/cancelled" and isinstance(params, dict):
             cancelled_id = params.get("requestId")
             relay = self._relays.get((link.name, cancelled_id)) if isinstance(cancelled_id, (str, int)) else None
