@@ -1,12 +1,15 @@
 """Hyperscan candidate stage: one native multi-pattern pass proposes where Python regexes must look.
 
 Every detector pattern is translated (from the ``re`` parse tree) into a *superset* pattern that
-Hyperscan can compile: lookbehinds, negative lookaheads and ``\\b``-style assertions are dropped, a
-leading top-level lookahead replaces the rest of the pattern (whatever matches ``A(?=L)B`` at ``p``
-also matches ``AL`` at ``p``), long bounded repeats are opened up, and every construct that Python
-could match against a non-ASCII character (``\\d``, ``\\w``, ``\\s``, negated classes, ``.``, any
-letter under ``(?i)``) also accepts the bytes 0x80–0xFF. The text is scanned as one byte per
-character (non-ASCII characters become 0xFF), so Hyperscan offsets are ``str`` offsets.
+Hyperscan can compile: a leading one-character negative lookbehind ``(?<!C)`` becomes the consumed
+``(?:^|[^C])`` (the match then starts one character earlier), other lookbehinds, negative lookaheads
+and ``\\b``-style assertions are dropped, a leading top-level lookahead replaces the rest of the
+pattern (whatever matches ``A(?=L)B`` at ``p`` also matches ``AL`` at ``p``), long bounded repeats are
+opened up, and every construct that Python could match against a non-ASCII character (``\\d``,
+``\\w``, ``\\s``, negated classes, ``.``) also accepts the bytes 0x80–0xFF; an ASCII letter under
+``(?i)`` accepts only the bytes of the few non-ASCII characters ``re`` folds to it (``_folds``). The
+text is scanned as one byte per character (non-ASCII characters become 0xFF), so Hyperscan offsets
+are ``str`` offsets.
 
 Hence: if the Python regex of a detector matches text starting at ``p``, its Hyperscan pattern
 reports a match whose (leftmost) start is ``<= p`` and whose end is ``> p``. The scanner uses that
@@ -30,6 +33,7 @@ import contextlib
 import functools
 import importlib
 import re
+import string
 from collections.abc import Iterable, Sequence
 from typing import Any, Final
 
@@ -81,7 +85,7 @@ _CATEGORIES: Final = {
 def _char_class(items: Sequence[tuple[Any, Any]], icase: bool) -> frozenset[int]:
     """Bytes a class (or single literal) may match: ASCII by asking ``re`` itself, 0x80–0xFF conservatively."""
     parts: list[str] = []
-    high = icase
+    high = False
     for op, arg in items:
         name = str(op)
         if name == "NEGATE":
@@ -100,7 +104,26 @@ def _char_class(items: Sequence[tuple[Any, Any]], icase: bool) -> frozenset[int]
             raise Unsupported(name)
     rx = re.compile("[" + "".join(parts) + "]", re.IGNORECASE if icase else 0)
     ascii_ = frozenset(b for b in range(0x80) if rx.fullmatch(chr(b)))
-    return ascii_ | _HIGH if high else ascii_
+    if high:
+        return ascii_ | _HIGH
+    if icase:  # an ASCII-only class matches a non-ASCII character only through case folding
+        return ascii_ | frozenset(min(ord(c), 0xFF) for c in _folds() if rx.fullmatch(c))
+    return ascii_
+
+
+@functools.cache
+def _folds() -> str:
+    """Every non-ASCII character that ``(?i)`` matches against some ASCII letter (``İ ı ſ K``).
+
+    Found by asking ``re`` over all code points (~0.1 s, once): an ASCII-only class under ``(?i)``
+    can match nothing else outside ASCII, so its translation needs only these bytes, not 0x80–0xFF.
+    """
+    text = "".join(map(chr, range(0x80, 0xD800))) + "".join(map(chr, range(0xE000, 0x110000)))
+    found: set[str] = set()
+    letters = string.ascii_letters  # as ranges, as sets and as single literals: each compiles differently
+    for rx in ("[A-Za-z]", "[a-z]", "[A-Z]", f"[{letters}]", f"[{letters[:26]}]", f"[{letters[26:]}]", "|".join(letters)):
+        found.update(re.findall(rx, text, re.IGNORECASE))
+    return "".join(sorted(found))
 
 
 def _emit_class(members: frozenset[int]) -> str:
@@ -124,12 +147,13 @@ def _emit_class(members: frozenset[int]) -> str:
 class _Budget:
     """Minimum width still to be covered before a truncated translation may stop (None: no limit)."""
 
-    __slots__ = ("fresh", "left", "state", "stopped")
+    __slots__ = ("fresh", "left", "lookbehind", "state", "stopped")
 
-    def __init__(self, limit: int | None, state: Any) -> None:
+    def __init__(self, limit: int | None, state: Any, lookbehind: bool = True) -> None:
         self.left = limit
         self.state = state
         self.stopped = False
+        self.lookbehind = lookbehind
         self.fresh = True  # nothing translated yet: a leading lookbehind may still become a consumed character
 
 
@@ -148,7 +172,7 @@ def _seq(items: Iterable[tuple[Any, Any]], icase: bool, top: _Budget | None) -> 
         name = str(op)
         if top is not None and top.fresh and name not in ("SUBPATTERN", "ATOMIC_GROUP"):
             top.fresh = False
-            if name == "ASSERT_NOT" and (before := _before(arg, icase)) is not None:
+            if name == "ASSERT_NOT" and top.lookbehind and (before := _before(arg, icase)) is not None:
                 out.append(before)
                 continue
         if top is not None and top.left is not None and name not in ("SUBPATTERN", "ATOMIC_GROUP"):
@@ -210,17 +234,21 @@ def _before(arg: tuple[int, Any], icase: bool) -> str | None:
     return f"(?:^|{_emit_class(frozenset(outside))})"
 
 
-def translate(pattern: str, limit: int | None = None) -> str:
+def translate(pattern: str, limit: int | None = None, lookbehind: bool = True) -> str:
     """A Hyperscan pattern (over one byte per character) matching wherever ``pattern`` could start.
 
     ``limit`` keeps only the first top-level items (groups flattened) that together match at least
     ``limit`` characters: a cheaper gate for patterns with a distinctive head (``password\\s*=``).
+    ``lookbehind``: translate a leading one-character negative lookbehind (``(?<![\\w.])``) into a
+    consumed character instead of dropping it. That keeps tokens such as ``T10:37:`` or ``SKU-0393``
+    from being candidates, but a broad leading class makes a pattern slower to scan for.
 
     Raises:
         Unsupported: the pattern uses a construct without a safe superset here.
     """
     parsed = _parser.parse(pattern, 0)
-    return _seq(parsed.data, bool(parsed.state.flags & re.IGNORECASE), _Budget(limit, parsed.state))
+    budget = _Budget(limit, parsed.state, lookbehind)
+    return _seq(parsed.data, bool(parsed.state.flags & re.IGNORECASE), budget)
 
 
 class Candidates:
@@ -232,7 +260,7 @@ class Candidates:
 
     __slots__ = ("_db", "_gate_ids", "_keys", "_widths", "compiled")
 
-    def __init__(self, regions: dict[int, str], gates: dict[int, tuple[str, int | None]]) -> None:
+    def __init__(self, regions: dict[int, str], gates: dict[int, tuple[str, int | None, bool]]) -> None:
         assert _hs is not None
         todo: list[tuple[bytes, int, tuple[bool, int]]] = []
         widths: dict[int, int] = {}
@@ -244,9 +272,10 @@ class Candidates:
                     widths[key] = width
                 flag = 0 if key in widths else _hs.HS_FLAG_SOM_LEFTMOST
                 todo.append((expr.encode("ascii"), flag, (False, key)))
-        for key, (pattern, limit) in gates.items():
+        for key, (pattern, limit, lookbehind) in gates.items():
             with _suppress():
-                todo.append((translate(pattern, limit).encode("ascii"), _hs.HS_FLAG_SINGLEMATCH, (True, key)))
+                expr = translate(pattern, limit, lookbehind)
+                todo.append((expr.encode("ascii"), _hs.HS_FLAG_SINGLEMATCH, (True, key)))
         try:
             db = _compile([e for e, _, _ in todo], [f for _, f, _ in todo]) if todo else None
         except _hs.error:  # find the refused ones: they must not sink the rest
@@ -297,9 +326,14 @@ def _compiles(expr: bytes, flag: int) -> bool:
 
 
 @functools.lru_cache(maxsize=64)
-def build(regions: tuple[tuple[int, str], ...], gates: tuple[tuple[int, str, int | None], ...]) -> Candidates:
-    """A shared ``Candidates`` for these patterns: compiling costs ~0.3 s, and maskers repeat detector sets."""
-    return Candidates(dict(regions), {k: (p, limit) for k, p, limit in gates})
+def build(
+    regions: tuple[tuple[int, str], ...], gates: tuple[tuple[int, str, int | None, bool], ...]
+) -> Candidates:
+    """A shared ``Candidates`` for these patterns: compiling costs ~0.3 s, and maskers repeat detector sets.
+
+    Each gate is ``(key, pattern, limit, lookbehind)``, as for ``translate``.
+    """
+    return Candidates(dict(regions), {k: (p, limit, lookbehind) for k, p, limit, lookbehind in gates})
 
 
 def _compile(exprs: list[bytes], flags: list[int]) -> Any:

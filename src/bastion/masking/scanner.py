@@ -88,13 +88,17 @@ class Scanner:
 
     def _accelerate(self) -> None:
         """Compile the candidate database: anchored detectors as regions, the others as gates."""
-        gates: list[tuple[int, str, int | None]] = []
+        gates: list[tuple[int, str, int | None, bool]] = []
         for i, (det, _) in enumerate(self._gated):
             if det.finder is None:
                 # Keyword detectors: the head of the pattern (the keyword, ≥ 3 chars) is a cheap gate.
-                gates.append((i, det.pattern, _KEYWORD_HEAD if det.keywords else None))
+                # A gate that alone decides whether the regex runs over the whole text (no keyword or
+                # context words to check first) keeps its leading lookbehind: ``(?<![\w:.])`` is what
+                # stops every ISO timestamp (``T10:37:00``) from opening the IPv6 gate.
+                tight = not (det.keywords or det.context)
+                gates.append((i, det.pattern, _KEYWORD_HEAD if det.keywords else None, tight))
             elif det.literals:
-                gates.append((i, "|".join(re.escape(lit) for lit in det.literals), None))
+                gates.append((i, "|".join(re.escape(lit) for lit in det.literals), None, False))
         regions = tuple((i, d.pattern) for i, d in enumerate(self._anchored))
         self._cands = candidates.build(regions, tuple(gates))
         self._ungated = frozenset(i for i in range(len(self._gated)) if (True, i) not in self._cands.compiled)

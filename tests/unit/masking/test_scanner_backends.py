@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import random
 from pathlib import Path
 from typing import Any
 
@@ -76,6 +77,17 @@ def test_translation_widens_for_non_ascii() -> None:
         _same(text, hint)
 
 
+def test_clean_api_json_matches_pure_python() -> None:
+    rnd = random.Random(3)
+    for n in range(20):
+        stamp = f"2024-05-{rnd.randint(1, 28):02d}T{rnd.randint(0, 23):02d}:{rnd.randint(0, 59):02d}:00Z"
+        record = {"id": n, "created_at": stamp, "price": f"{rnd.uniform(1, 999):.2f}", "sku": f"SKU-{rnd.randint(0, 999999):06d}",
+                  "version": f"1.{rnd.randint(0, 9)}.{rnd.randint(0, 20)}", "uuid": f"{rnd.getrandbits(128):032x}"}
+        text = json.dumps(record)
+        _same(text)
+        _same("\x00".join(map(str, record.values())))  # as the masker's whole-document prefilter joins them
+
+
 def test_whole_corpus_matches_pure_python() -> None:
     docs = [json.loads(line)["payload"] for line in CORPUS.read_text().splitlines()]
     texts = [s for doc in docs for s in _strings(doc)]
@@ -97,6 +109,13 @@ TOKENS = [
     "Authorization: Bearer abcDEF1234567890xyzUVW", "aws_secret_access_key = wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY",
     "E123456", "employee", "TKT-abcd42", "777777", "[EMAIL]", "****1234", "2024-05-03T10:22:00Z", "v1.2.3", "1.2.3.4.5",
     "٣", "\u212a", "\u017f", "İ", "é", "日本", "\x00", "\n", "\"", "'", ":", "=", "@", "://", ".", "-", "+", "(", ")",
+    # clean API JSON, and the boundaries the tightened candidate patterns must not cross
+    "2024-05-12T10:37:00Z", "10:37:00", "T10:37:", "507.42", "SKU-039317", "1.3.1", "9f86d081884c7d659a2feaa0c55ad015",
+    "411111111111", "4111111111111", "4111111111111111111", "41111111111111111111", "4111-1111-1111-1111",
+    "::1", "::", "::ffff:192.0.2.1", "2001:db8::", "a::b:c", "1::2:3", "abcd:ef01:2345:6789:abcd:ef01:2345:6789",
+    "+55 11 91460-8235", "+31 6 12048035", "0023 6261 24", "+33 6 12 64 97 58", "+49 1512 4770493", "+91 81262 61387",
+    "(201) 775-8905", "+1 201-874-9958", "+81 90-1719-6622", "+61 412 218 056", "007-77-8401", "415.555.2671",
+    "0059 5373 5771 5978 30", "\u00a0", "\u2014", "PA\u017f\u017fWORD=x", "to\u212aen=abcdefghij0123456789ZZ",
 ]
 NOISE = st.text(alphabet=st.sampled_from([*"aZ09 _-.:,;/@+()[]{}\"'=\n\t", "é", "٣", "\u212a"]), max_size=12)
 
