@@ -46,9 +46,9 @@ class CallerContext:
     protocol_version: str | None = None
     client_capabilities: dict[str, Any] | None = None
     """The ``capabilities`` the client declared in its initialize params (None: not an object)."""
-    listed_tools: dict[str, frozenset[str]] = field(default_factory=dict)
-    """Tool names per upstream as this session last listed them: a call to any other name is
-    answered exactly like a hidden one."""
+    listed_names: dict[tuple[str, str], frozenset[str]] = field(default_factory=dict)
+    """Tool and prompt names by (upstream, "tool" | "prompt") as this session last listed them: a
+    call to any other name is answered exactly like a hidden one."""
 
 
 @dataclass(slots=True)

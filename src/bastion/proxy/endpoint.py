@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     from bastion.proxy.session import DownstreamSession
 
 _MAX_LIST_PAGES = 100
+_LISTING_FOR = {"tools/call": ("tools/list", "tool"), "prompts/get": ("prompts/list", "prompt")}
 
 
 def target_name(method: str, params: dict[str, Any] | None) -> str | None:
@@ -62,10 +63,11 @@ async def _run(
     shown_name: str | None = None,
 ) -> Reply:
     """Run one upstream-bound exchange through the pipeline (``shown_name``: the name as the client wrote it)."""
-    if method == "tools/call" and link.name not in session.caller.listed_tools:
-        # Policy must know the upstream's tools (their annotations, and which names exist at all)
-        # before it decides on a call, even when the client never listed them.
-        await _list_all(session, link, "tools/list", request_id)
+    listing = _LISTING_FOR.get(method)
+    if listing is not None and (link.name, listing[1]) not in session.caller.listed_names:
+        # Policy must know the upstream's tools or prompts (annotations, and which names exist at
+        # all) before it decides on a call, even when the client never listed them.
+        await _list_all(session, link, listing[0], request_id)
     inflight = session.inflight_for(request_id)
 
     async def deliver(ex: Exchange) -> Reply:

@@ -32,6 +32,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("bastion.session")
 
 _BACKLOG_LIMIT = 1000
+_LIST_CHANGED = {"notifications/tools/list_changed": "tool", "notifications/prompts/list_changed": "prompt"}
 _KEPT_STREAMS = 64
 """Finished streams whose client went away are kept this many at most, for Last-Event-ID replay."""
 _CLIENT_REPLY_TIMEOUT_S = 600.0
@@ -193,9 +194,9 @@ class DownstreamSession:
             return
         method = message["method"]
         params = message.get("params")
-        if method == "notifications/tools/list_changed":
-            # What policy knows of this upstream's tools is stale: the next call lists them afresh.
-            self.caller.listed_tools.pop(link.name, None)
+        if method in _LIST_CHANGED:
+            # What policy knows of this upstream's names is stale: the next call lists them afresh.
+            self.caller.listed_names.pop((link.name, _LIST_CHANGED[method]), None)
         if method == "notifications/cancelled" and isinstance(params, dict):
             cancelled_id = params.get("requestId")
             relay = self._relays.get((link.name, cancelled_id)) if isinstance(cancelled_id, (str, int)) else None

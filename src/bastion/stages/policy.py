@@ -34,6 +34,10 @@ _LISTINGS = {
     "prompts/list": ("prompts", Target.PROMPT, "name"),
     "resources/list": ("resources", Target.RESOURCE, "uri"),
 }
+_NAMED = frozenset({Target.TOOL, Target.PROMPT})
+"""Targets with a fixed, listable set of names (resources may be templated, so any URI can exist)."""
+
+
 def _unknown(target: Target, ex: Exchange) -> ProtocolError:
     """The error for a name this caller may not see — the same as for a name that does not exist."""
     shown = ex.shown_name or ex.name or ""
@@ -78,7 +82,7 @@ class PolicyStage:
         annotations = self._annotations.get((ex.upstream, name)) if target is Target.TOOL else None
         principal = ex.caller.principal
         trusted = ex.upstream in self._trusted
-        listed = ex.caller.listed_tools.get(ex.upstream) if target is Target.TOOL else None
+        listed = ex.caller.listed_names.get((ex.upstream, target.value)) if target in _NAMED else None
         if target is not Target.OTHER and (
             (listed is not None and name not in listed)
             or not engine.visible(principal.subject, principal.groups, ex.upstream, target, name, annotations, trusted)
@@ -143,13 +147,13 @@ class PolicyStage:
             return reply
         principal = ex.caller.principal
         trusted = ex.upstream in self._trusted
-        if target is Target.TOOL:
+        if target in _NAMED:
             names = frozenset(
                 item["name"] for item in result[key] if isinstance(item, dict) and isinstance(item.get("name"), str)
             )
             if (ex.params or {}).get("cursor"):  # a later page adds to the first
-                names |= ex.caller.listed_tools.get(ex.upstream, frozenset())
-            ex.caller.listed_tools[ex.upstream] = names
+                names |= ex.caller.listed_names.get((ex.upstream, target.value), frozenset())
+            ex.caller.listed_names[(ex.upstream, target.value)] = names
         visible = []
         for item in result[key]:
             if not isinstance(item, dict) or not isinstance(item.get(field), str):
