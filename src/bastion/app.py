@@ -29,7 +29,7 @@ from bastion.approval import ApprovalService
 from bastion.approval.notify import Notifier, SlackNotifier, WebhookNotifier
 from bastion.audit.keys import load_signing_key
 from bastion.audit.log import AuditLog
-from bastion.audit.record import EventKind
+from bastion.audit.record import AuditEvent, EventKind
 from bastion.audit.sealing import SealedField, build_sealer
 from bastion.config import Settings
 from bastion.console import console_router
@@ -48,7 +48,7 @@ from bastion.stages.masking import MaskingStage
 from bastion.stages.metrics import Metrics, MetricsStage
 from bastion.stages.pinning import ToolPinning
 from bastion.stages.policy import PolicyStage
-from bastion.storage import Store, open_store
+from bastion.storage import RecordQuery, Store, open_store
 from bastion.transport.http import McpHttpEndpoint
 from bastion.transport.tls import check_tls_files
 from bastion.upstream.factory import UpstreamFactory
@@ -125,12 +125,29 @@ def preflight(settings: Settings) -> None:
         PolicyEngine.from_file(Path(settings.policy_file))
 
 
+async def _record_mode_switch(store: Store, audit: AuditLog, origin: str) -> None:
+    """If the configuration changed the audit mode since this origin last ran, record the switch
+    (the log must show when it stopped failing closed)."""
+    last: tuple[int, str] | None = None
+    for kind in (EventKind.GATEWAY_STARTED, EventKind.MODE_CHANGED):
+        for entry in await store.search_entries(RecordQuery(origin=origin, kind=kind.value, limit=1)):
+            detail = orjson.loads(entry.body).get("detail") or {}
+            mode = detail.get("audit_mode") or detail.get("to")
+            if isinstance(mode, str) and (last is None or entry.seq > last[0]):
+                last = (entry.seq, mode)
+    if last is not None and last[1] != audit.mode.value:
+        await audit.append(
+            AuditEvent(kind=EventKind.MODE_CHANGED, detail={"from": last[1], "to": audit.mode.value, "reason": "configuration"})
+        )
+
+
 async def start_runtime(settings: Settings) -> Runtime:
     """Open every part; raises (ConfigError, StorageError) if any cannot start."""
     store = await open_store(settings.store)
     http_client = httpx.AsyncClient(timeout=10.0)
     audit = AuditLog.from_settings(store, settings.audit, http_client=http_client)
     await audit.start()
+    await _record_mode_switch(store, audit, settings.audit.origin)
     masking = MaskingEngine(settings.masking)
     recorder = GatewayRecorder(audit, masking.masker(None))
     engine_source, watcher = await _policy_source(settings, recorder)

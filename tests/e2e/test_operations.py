@@ -143,3 +143,22 @@ async def test_call_in_flight_completes_when_gateway_is_stopped(tmp_path: Path) 
             proc.wait(10)
         assert proc.stderr is not None
         proc.stderr.close()
+
+
+async def test_audit_mode_switch_is_recorded_when_configuration_changes_it(tmp_path: Path) -> None:
+    from tests.e2e.gateway import signing_key_file
+
+    key = signing_key_file(str(tmp_path), "modes")
+    upstreams = {"alpha": echo_upstream("alpha")}
+    for mode in ("durable", "best_effort", "best_effort"):
+        audit = {"signing_key_file": key, "origin": "test/modes", "mode": mode}
+        with running_gateway({"upstreams": upstreams, "audit": audit}, workdir=str(tmp_path)):
+            pass
+    store = await open_store(f"sqlite:///{tmp_path}/audit.db")
+    try:
+        switches = await store.search_entries(RecordQuery(origin="test/modes", kind="mode_changed"))
+    finally:
+        await store.aclose()
+    assert [json.loads(e.body)["detail"] for e in switches] == [
+        {"from": "durable", "to": "best_effort", "reason": "configuration"}
+    ]
