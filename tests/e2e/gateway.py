@@ -5,14 +5,14 @@ from __future__ import annotations
 import contextlib
 import socket
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import tempfile
-
+import httpx
 import uvicorn
 
 from bastion.app import create_app
@@ -79,3 +79,17 @@ def running_gateway(config: dict[str, Any], workdir: str | None = None) -> Itera
         thread.join(20)
         if own_dir is not None:
             own_dir.cleanup()
+
+
+MCP_HEADERS = {"content-type": "application/json", "accept": "application/json, text/event-stream"}
+
+
+async def open_raw_session(http: httpx.AsyncClient, url: str) -> dict[str, str]:
+    """Initialize an MCP session with raw HTTP; returns the headers every later request needs."""
+    init = {"jsonrpc": "2.0", "id": 0, "method": "initialize",
+            "params": {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "raw", "version": "1"}}}
+    response = await http.post(url, json=init, headers=MCP_HEADERS)
+    assert response.status_code == 200
+    headers = {**MCP_HEADERS, "mcp-session-id": response.headers["mcp-session-id"], "mcp-protocol-version": "2025-11-25"}
+    assert (await http.post(url, json={"jsonrpc": "2.0", "method": "notifications/initialized"}, headers=headers)).status_code == 202
+    return headers

@@ -18,11 +18,10 @@ from mcp.shared.exceptions import MCPError
 
 from bastion.jsonrpc import codes
 from bastion.storage import RecordQuery, open_store
-from tests.e2e.gateway import complete_config, echo_upstream, free_port, running_gateway
+from tests.e2e.gateway import complete_config, echo_upstream, free_port, open_raw_session, running_gateway
 
 pytestmark = [pytest.mark.e2e, pytest.mark.anyio]
 
-MCP_HEADERS = {"content-type": "application/json", "accept": "application/json, text/event-stream"}
 
 
 def first_mcp_error(exc: BaseException) -> MCPError:
@@ -35,16 +34,6 @@ def first_mcp_error(exc: BaseException) -> MCPError:
             if found is not None:
                 return found
     raise AssertionError(f"no MCPError in {exc!r}")
-
-
-async def open_raw_session(http: httpx.AsyncClient, url: str) -> dict[str, str]:
-    init = {"jsonrpc": "2.0", "id": 0, "method": "initialize",
-            "params": {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "raw", "version": "1"}}}
-    response = await http.post(url, json=init, headers=MCP_HEADERS)
-    assert response.status_code == 200
-    headers = {**MCP_HEADERS, "mcp-session-id": response.headers["mcp-session-id"], "mcp-protocol-version": "2025-11-25"}
-    assert (await http.post(url, json={"jsonrpc": "2.0", "method": "notifications/initialized"}, headers=headers)).status_code == 202
-    return headers
 
 
 async def test_health_ready_and_metrics_report_state_when_gateway_runs() -> None:

@@ -11,7 +11,7 @@ from mcp.client.client import Client
 from mcp.shared.exceptions import MCPError
 
 from bastion.jsonrpc import codes
-from tests.e2e.gateway import echo_upstream, running_gateway
+from tests.e2e.gateway import echo_upstream, open_raw_session, running_gateway
 
 pytestmark = [pytest.mark.e2e, pytest.mark.anyio]
 
@@ -117,12 +117,8 @@ async def test_oversized_body_gets_413_when_posted(gateway: str) -> None:
 
 async def test_reused_request_id_is_refused_when_the_first_is_still_in_flight(gateway: str) -> None:
     url = f"{gateway}/servers/alpha/mcp"
-    base = {"content-type": "application/json", "accept": "application/json, text/event-stream"}
-    init = {"jsonrpc": "2.0", "id": 0, "method": "initialize",
-            "params": {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}}
     async with httpx.AsyncClient(timeout=10) as http:
-        opened = await http.post(url, json=init, headers=base)
-        headers = {**base, "mcp-session-id": opened.headers["mcp-session-id"], "mcp-protocol-version": "2025-11-25"}
+        headers = await open_raw_session(http, url)
         slow = {"jsonrpc": "2.0", "id": 5, "method": "tools/call",
                 "params": {"name": "slow", "arguments": {"seconds": 1}, "_meta": {"progressToken": "p"}}}
         async with http.stream("POST", url, json=slow, headers=headers) as first:
@@ -139,12 +135,8 @@ async def test_reused_request_id_is_refused_when_the_first_is_still_in_flight(ga
 
 async def test_post_ends_without_a_reply_when_its_only_request_is_cancelled(gateway: str) -> None:
     url = f"{gateway}/servers/alpha/mcp"
-    base = {"content-type": "application/json", "accept": "application/json, text/event-stream"}
-    init = {"jsonrpc": "2.0", "id": 0, "method": "initialize",
-            "params": {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}}
     async with httpx.AsyncClient(timeout=10) as http:
-        opened = await http.post(url, json=init, headers=base)
-        headers = {**base, "mcp-session-id": opened.headers["mcp-session-id"], "mcp-protocol-version": "2025-11-25"}
+        headers = await open_raw_session(http, url)
         slow = {"jsonrpc": "2.0", "id": 9, "method": "tools/call",
                 "params": {"name": "slow", "arguments": {"seconds": 1.5}, "_meta": {"progressToken": "c"}}}
         async with http.stream("POST", url, json=slow, headers=headers) as first:
