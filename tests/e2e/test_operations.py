@@ -15,10 +15,10 @@ import pytest
 import yaml
 from mcp.client.client import Client
 from mcp.shared.exceptions import MCPError
+from tests.e2e.gateway import complete_config, echo_upstream, free_port, open_raw_session, running_gateway
 
 from bastion.jsonrpc import codes
 from bastion.storage import RecordQuery, open_store
-from tests.e2e.gateway import complete_config, echo_upstream, free_port, open_raw_session, running_gateway
 
 pytestmark = [pytest.mark.e2e, pytest.mark.anyio]
 

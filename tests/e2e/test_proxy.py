@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Iterator
 
 import httpx
 import pytest
 from mcp.client.client import Client
 from mcp.shared.exceptions import MCPError
+from tests.e2e.gateway import echo_upstream, open_raw_session, running_gateway
 
 from bastion.jsonrpc import codes
-from tests.e2e.gateway import echo_upstream, open_raw_session, running_gateway
 
 pytestmark = [pytest.mark.e2e, pytest.mark.anyio]
 
