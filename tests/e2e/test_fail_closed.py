@@ -33,7 +33,7 @@ async def schema() -> AsyncIterator[str]:
 async def test_call_is_refused_and_not_performed_when_the_audit_store_cannot_write(schema: str) -> None:
     config = {"store": f"{DSN}?schema={schema}", "upstreams": {"alpha": echo_upstream("alpha")}}
     with running_gateway(config) as base:
-        async with Client(f"{base}/servers/alpha/mcp") as client:
+        async with Client(f"{base}/servers/alpha/mcp") as client, Client(f"{base}/mcp") as federated:
             assert (await client.call_tool("echo", {"text": "before"})).content[0].text == "before"  # type: ignore[union-attr]
 
             admin = await asyncpg.connect(DSN)
@@ -42,6 +42,10 @@ async def test_call_is_refused_and_not_performed_when_the_audit_store_cannot_wri
                 with pytest.raises(MCPError) as info:
                     await client.call_tool("add_tool", {"name": "side_effect"})
                 assert info.value.error.code == codes.AUDIT_UNAVAILABLE
+                # Refused before routing (no such upstream) and unrecordable: still answered.
+                with pytest.raises(MCPError) as unrouted:
+                    await federated.call_tool("nosuch__echo", {})
+                assert unrouted.value.error.code == codes.AUDIT_UNAVAILABLE
                 await admin.execute(f"ALTER TABLE {schema}.records_broken RENAME TO records")
             finally:
                 await admin.close()

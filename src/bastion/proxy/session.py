@@ -17,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from bastion.errors import BastionError, UpstreamError
+from bastion.errors import StorageError, UpstreamError
 from bastion.exchange import CallerContext, Direction, Exchange, Kind, Reply
 from bastion.jsonrpc import codes
 from bastion.jsonrpc.envelope import Message, RequestId, render_reply
@@ -143,11 +143,15 @@ class DownstreamSession:
         request_id: RequestId = message["id"]
         try:
             reply = await self.endpoint.handle_request(self, message)
-        except (BastionError, Exception) as exc:
+        except Exception as exc:
             # Refused before reaching an upstream (unknown federated name, no live upstream):
-            # still answered precisely, and still recorded.
+            # still answered precisely, and still recorded — or, if it cannot be recorded,
+            # answered with the audit failure (never left without a reply).
             reply = error_reply(exc)
-            await self.gateway.record_unrouted(self.caller, message, reply)
+            try:
+                await self.gateway.record_unrouted(self.caller, message, reply)
+            except StorageError as storage_exc:
+                reply = error_reply(storage_exc)
         except asyncio.CancelledError:
             stream.settle(request_id)  # MCP: no response to a cancelled request
             raise
