@@ -63,22 +63,30 @@ def running_gateway(config: dict[str, Any], workdir: str | None = None) -> Itera
     port = free_port()
     own_dir = tempfile.TemporaryDirectory(prefix="bastion-e2e-") if workdir is None else None
     settings = parse_settings(complete_config(config, port, workdir or own_dir.name))  # type: ignore[union-attr]
-    app = create_app(settings)
+    try:
+        with serve_in_thread(create_app(settings), port):
+            yield f"http://127.0.0.1:{port}"
+    finally:
+        if own_dir is not None:
+            own_dir.cleanup()
+
+
+@contextlib.contextmanager
+def serve_in_thread(app: Any, port: int, start_timeout_s: float = 20.0) -> Iterator[None]:
+    """Serve an ASGI app with uvicorn on 127.0.0.1:``port`` in a thread, from started to stopped."""
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started:
+    deadline = time.monotonic() + start_timeout_s
+    while not server.started:  # uvicorn offers no event to wait on; bounded poll
         if time.monotonic() > deadline or not thread.is_alive():
-            raise RuntimeError("gateway did not start")
+            raise RuntimeError("server did not start")
         time.sleep(0.02)
     try:
-        yield f"http://127.0.0.1:{port}"
+        yield
     finally:
         server.should_exit = True
-        thread.join(20)
-        if own_dir is not None:
-            own_dir.cleanup()
+        thread.join(start_timeout_s)
 
 
 MCP_HEADERS = {"content-type": "application/json", "accept": "application/json, text/event-stream"}

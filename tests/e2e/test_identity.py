@@ -23,10 +23,9 @@ from typing import Any
 import httpx
 import orjson
 import pytest
-import uvicorn
 from cryptography.hazmat.primitives import serialization
 from mcp.server.mcpserver import MCPServer
-from tests.e2e.gateway import free_port, running_gateway
+from tests.e2e.gateway import free_port, running_gateway, serve_in_thread
 from tests.unit.identity.support import AUDIENCE, KeyServer, b64json, b64url, claims, mint, rsa_key
 
 from bastion.identity.apikey import create_api_key
@@ -383,19 +382,8 @@ def capturing_upstream() -> Iterator[tuple[str, HeaderCapture]]:
 
     capture = HeaderCapture(mcp.streamable_http_app(host="127.0.0.1", json_response=True))
     port = free_port()
-    server = uvicorn.Server(uvicorn.Config(capture, host="127.0.0.1", port=port, log_level="warning", lifespan="on"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + WAIT_S
-    while not server.started:
-        if time.monotonic() > deadline or not thread.is_alive():
-            raise RuntimeError("capturing upstream did not start")
-        time.sleep(0.02)
-    try:
+    with serve_in_thread(capture, port, WAIT_S):
         yield f"http://127.0.0.1:{port}/mcp", capture
-    finally:
-        server.should_exit = True
-        thread.join(WAIT_S)
 
 
 async def test_upstream_gets_configured_headers_not_callers_token_when_call_is_forwarded(

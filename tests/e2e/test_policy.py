@@ -11,8 +11,6 @@ from __future__ import annotations
 import contextlib
 import os
 import tempfile
-import threading
-import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,10 +19,9 @@ from typing import Any
 import anyio
 import httpx
 import pytest
-import uvicorn
 import yaml
 from mcp.server.mcpserver import MCPServer
-from tests.e2e.gateway import free_port, running_gateway
+from tests.e2e.gateway import free_port, running_gateway, serve_in_thread
 from tests.e2e.test_identity import RawSession, identity_config, records
 from tests.unit.identity.support import KeyServer, claims, mint, rsa_key
 
@@ -95,19 +92,8 @@ def build_upstream() -> MCPServer:
 def upstream_in_thread() -> Iterator[str]:
     app = build_upstream().streamable_http_app(host="127.0.0.1", json_response=True)
     port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + WAIT_S
-    while not server.started:
-        if time.monotonic() > deadline or not thread.is_alive():
-            raise RuntimeError("upstream did not start")
-        time.sleep(0.02)
-    try:
+    with serve_in_thread(app, port, WAIT_S):
         yield f"http://127.0.0.1:{port}/mcp"
-    finally:
-        server.should_exit = True
-        thread.join(WAIT_S)
 
 
 @dataclass(frozen=True)
