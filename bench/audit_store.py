@@ -2,7 +2,8 @@
 
 Runs ``AuditLog.append`` from 1, 16 and 256 concurrent appenders for a fixed time per case and
 reports records/s and p50/p99 latency of ``append`` (which returns only once the record is
-committed). Also times ``AuditLog.start()`` (head row) against rebuilding the frontier from every
+committed). Then 256 concurrent gateway-shaped calls (request record, upstream time, response
+record) report calls/s and the latency the two appends add to each call. Also times ``AuditLog.start()`` (head row) against rebuilding the frontier from every
 stored leaf hash. Usage: ``.venv/bin/python bench/audit_store.py [--seconds 3] [--no-postgres]``.
 """
 
@@ -12,6 +13,7 @@ import argparse
 import asyncio
 import json
 import platform
+import random
 import tempfile
 import time
 import uuid
@@ -35,6 +37,17 @@ EVENT = AuditEvent(
     upstream="warehouse", method="tools/call", name="sql_query", arguments=ARGUMENTS,
     arguments_sha256=compute_arguments_sha256(ARGUMENTS), jsonrpc_id=1, session_id="sess-" + "0" * 32,
 )
+RESULT = {"content": [{"type": "text", "text": "emea 1.2M, apac 0.9M"}], "isError": False}
+RESPONSE = AuditEvent(
+    kind=EventKind.RESPONSE, outcome=Outcome.OK, subject="alice@example.com", upstream="warehouse",
+    method="tools/call", name="sql_query", result=RESULT, result_sha256="0" * 64, is_error=False,
+    latency_ms=12.5, jsonrpc_id=1, session_id="sess-" + "0" * 32, request_seq=0,
+)
+
+
+CALL_CONCURRENCY = 256
+CALL_UPSTREAM_S = (0.0, 0.05)
+"""Upstream time per call: none (the store's ceiling), and 50 ms (a quick real tool)."""
 
 
 def percentile(sorted_values: list[float], fraction: float) -> float:
@@ -70,6 +83,44 @@ async def run_case(store: AuditStore, concurrency: int, seconds: float) -> dict[
     }
 
 
+async def run_calls(store: AuditStore, concurrency: int, upstream_s: float, seconds: float) -> dict[str, Any]:
+    """Calls shaped like the gateway's: request record, the upstream's time, response record.
+
+    The audit stage's added latency of one call is the time its two appends took (each returns
+    once its record is durable); the upstream's own time is not counted. Upstream times vary
+    ±50 % around ``upstream_s`` so that callers do not march in lockstep.
+    """
+    log = AuditLog(store, origin=ORIGIN, signing_key=generate_signing_key("bench"),
+                   checkpoints=CheckpointPolicy(every_records=1000, every_s=10, heartbeat_s=300))
+    await log.start()
+    added_ms: list[float] = []
+    deadline = time.perf_counter() + seconds
+
+    async def caller(rng: random.Random) -> None:
+        await asyncio.sleep(rng.uniform(0, upstream_s))  # callers arrive spread out, not in lockstep
+        while time.perf_counter() < deadline:
+            started = time.perf_counter()
+            await log.append(EVENT)
+            sent = time.perf_counter()
+            await asyncio.sleep(rng.uniform(0.5, 1.5) * upstream_s)
+            answered = time.perf_counter()
+            await log.append(RESPONSE)
+            added_ms.append((sent - started + time.perf_counter() - answered) * 1000)
+
+    started = time.perf_counter()
+    await asyncio.gather(*(caller(random.Random(n)) for n in range(concurrency)))
+    elapsed_s = time.perf_counter() - started
+    await log.aclose()
+    added_ms.sort()
+    return {
+        "concurrency": concurrency,
+        "upstream_ms": upstream_s * 1000,
+        "calls_per_s": round(len(added_ms) / elapsed_s, 1),
+        "added_p50_ms": round(percentile(added_ms, 0.50), 3),
+        "added_p99_ms": round(percentile(added_ms, 0.99), 3),
+    }
+
+
 async def measure_restart(store: AuditStore) -> dict[str, Any]:
     head = await store.fetch_head(ORIGIN)
     size = head.tree_size if head else 0
@@ -96,12 +147,19 @@ async def bench_backend(name: str, url: str, seconds: float) -> dict[str, Any]:
             cases.append(await run_case(store, concurrency, seconds))
         finally:
             await store.aclose()
+    calls = []
+    for upstream_s in CALL_UPSTREAM_S:
+        store = await open_store(url)
+        try:
+            calls.append(await run_calls(store, CALL_CONCURRENCY, upstream_s, seconds))
+        finally:
+            await store.aclose()
     store = await open_store(url)
     try:
         restart = await measure_restart(store)
     finally:
         await store.aclose()
-    return {"backend": name, "cases": cases, "restart": restart}
+    return {"backend": name, "cases": cases, "calls": calls, "restart": restart}
 
 
 async def main() -> None:
@@ -127,6 +185,11 @@ async def main() -> None:
         for c in result["cases"]:
             print(f"{result['backend']:<9} {c['concurrency']:>9} {c['records']:>8} {c['records_per_s']:>10} "
                   f"{c['p50_ms']:>8} {c['p99_ms']:>8} {c['mean_batch_records']:>6}")
+    print(f"\n{'backend':<9} {'calls':>6} {'upstream ms':>11} {'calls/s':>9} {'added p50 ms':>12} {'added p99 ms':>12}")
+    for result in results:
+        for c in result["calls"]:
+            print(f"{result['backend']:<9} {c['concurrency']:>6} {c['upstream_ms']:>11} {c['calls_per_s']:>9} "
+                  f"{c['added_p50_ms']:>12} {c['added_p99_ms']:>12}")
     for result in results:
         r = result["restart"]
         print(f"{result['backend']}: restart at tree size {r['tree_size']}: start() from head row "

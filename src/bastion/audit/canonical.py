@@ -57,25 +57,25 @@ def _orjson_is_canonical(value: Any) -> bool:
     short or ``\\u00xx`` forms), booleans, null, integers within ±(2**53 - 1) and non-integral
     floats between 1e-4 and 1e15. It does not for other floats (ECMAScript number formatting
     switches to exponents at other thresholds than orjson's), for keys outside the BMP
-    (RFC 8785 sorts keys by UTF-16 code units, orjson by code points), for other types, or for
-    lone surrogates; those take the ``rfc8785`` path, which also raises on what has no canonical form.
-    Iterative, with exact type checks: it runs on every audit record.
+    (RFC 8785 sorts keys by UTF-16 code units, orjson by code points) or for other types; those
+    take the ``rfc8785`` path, which also raises on what has no canonical form. Strings are not
+    looked into: orjson refuses lone surrogates itself, and ``canonical_bytes`` then falls back.
+    Iterative, with exact type checks and leaves skipped where they are found: it runs on every
+    audit record.
     """
     stack = [value]
     push, pop = stack.append, stack.pop
     while stack:
         item = pop()
         kind = type(item)
-        if kind is str:
-            if not item.isascii() and _has_surrogate(item):
-                return False
-        elif kind is dict:
+        if kind is dict:
             for key, child in item.items():
                 if type(key) is not str or not (key.isascii() or _is_bmp_text(key)):
                     return False
-                push(child)
+                if type(child) not in _PLAIN_LEAVES:
+                    push(child)
         elif kind is list or kind is tuple:
-            stack.extend(item)
+            stack.extend(child for child in item if type(child) not in _PLAIN_LEAVES)
         elif kind is int:
             if not -_SAFE_INTEGER <= item <= _SAFE_INTEGER:
                 return False
@@ -84,21 +84,21 @@ def _orjson_is_canonical(value: Any) -> bool:
             # outside it (and for integral values: orjson writes "2.0", RFC 8785 "2") they differ.
             if item.is_integer() or not _PLAIN_FLOAT_MIN <= abs(item) < _PLAIN_FLOAT_MAX:
                 return False
-        elif item is not None and kind is not bool:
+        elif kind not in _PLAIN_LEAVES:
             return False
     return True
 
 
-def _has_surrogate(text: str) -> bool:
-    try:
-        text.encode("utf-8")  # C speed; only lone surrogates fail
-    except UnicodeEncodeError:
-        return True
-    return False
+_PLAIN_LEAVES = frozenset({str, bool, type(None)})
+"""Leaves both encoders write alike (strings: see above)."""
 
 
 def _is_bmp_text(text: str) -> bool:
-    return not _has_surrogate(text) and max(text) <= "\uffff"
+    try:
+        text.encode("utf-8")  # C speed; only lone surrogates fail
+    except UnicodeEncodeError:
+        return False
+    return max(text) <= "\uffff"
 
 
 def parse_canonical(body: bytes) -> Any:

@@ -1,8 +1,9 @@
-"""The audit writer: one task per origin that sequences, hashes and durably commits records.
+"""The audit writer of one origin: sequences and hashes records as they arrive, commits them in groups.
 
-Owns the origin's seq and Merkle frontier, group commit (everything queued goes into one store
-batch and one fsync), fail-closed vs best-effort handling of store failures, and checkpoint cadence
-(every N records, every T seconds, heartbeat when idle). The note format and signing are
+Owns the origin's seq and Merkle frontier, group commit (records staged while one batch is being
+committed go into the next batch and share its fsync; staging overlaps that commit), fail-closed
+vs best-effort handling of store failures, and checkpoint cadence (every N records, every T
+seconds, heartbeat when idle). The note format and signing are
 audit/checkpoint.py's; copying checkpoints out of the database is audit/witness.py's ``WitnessFanout``.
 """
 
@@ -12,8 +13,8 @@ import asyncio
 import logging
 import math
 import time
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -29,8 +30,8 @@ from bastion.audit.record import AuditEvent, EventKind, render_body, render_time
 from bastion.audit.settings import AuditMode, AuditSettings
 from bastion.audit.sinks import SinkFanout, build_sinks
 from bastion.audit.witness import WitnessFanout, build_witnesses
-from bastion.errors import BastionError, ConfigError, StorageError
-from bastion.storage.base import AppendBatch, AuditStore, LogHead, RecordQuery
+from bastion.errors import ConfigError, StorageError
+from bastion.storage.base import AppendBatch, AuditStore, LogHead, RecordQuery, SearchColumns
 
 log = logging.getLogger(__name__)
 
@@ -65,12 +66,14 @@ class CheckpointPolicy:
 
 
 @dataclass(slots=True)
-class _Pending:
+class _Staged:
+    """A record sequenced and hashed against the staged frontier, waiting for its batch to commit."""
+
     event: AuditEvent
-    waiter: asyncio.Future[Receipt] | None = field(default=None)
-
-
-_STOP = object()
+    stamp: str
+    waiter: asyncio.Future[Receipt] | None
+    entry: LogEntry
+    columns: SearchColumns
 
 
 class AuditLog:
@@ -99,9 +102,15 @@ class AuditLog:
         self.sinks = sinks
         """Copies of committed records for SIEMs (best-effort; the store stays the truth)."""
         self._max_batch = max_batch_records
+        self._max_staged = max_queue_records
         self._clock = clock
-        self._queue: asyncio.Queue[_Pending | object] = asyncio.Queue(max_queue_records)
         self._frontier = Frontier()
+        """What the store holds (or, while unhealthy, what it held when last known)."""
+        self._staged: list[_Staged] = []
+        self._staged_frontier = Frontier()
+        """``_frontier`` plus the staged records' leaves: the seq and tree the next record joins."""
+        self._work = asyncio.Event()
+        self._space = asyncio.Event()
         self._healthy = False
         self._lost_unrecorded = 0
         self._checkpoint_size = -1
@@ -171,11 +180,24 @@ class AuditLog:
             StorageError: the record could not be made durable (durable mode), or the log is closed.
             CanonicalEncodingError: the event holds a value with no canonical JSON form.
         """
+        self._check_running()
+        while len(self._staged) >= self._max_staged:
+            self._space.clear()
+            await self._space.wait()
+            self._check_running()
+        waiter: asyncio.Future[Receipt] = asyncio.get_running_loop().create_future()
+        self._stage(event, waiter, render_time(self._clock()))
+        self._work.set()
+        return await waiter
+
+    def _check_running(self) -> None:
         if self._closing or self._task is None or self._task.done():
             raise StorageError("audit log is not running")
-        waiter: asyncio.Future[Receipt] = asyncio.get_running_loop().create_future()
-        await self._queue.put(_Pending(event, waiter))
-        return await waiter
+
+    @property
+    def staged_records(self) -> int:
+        """Records sequenced but not yet committed (bounded by ``max_queue_records``)."""
+        return len(self._staged)
 
     async def set_mode(self, mode: AuditMode, *, subject: str | None = None, reason: str | None = None) -> Receipt:
         """Switch failure mode; the switch is itself a record, written before it takes effect.
@@ -198,16 +220,13 @@ class AuditLog:
         await self.append(AuditEvent(kind=EventKind.LOG_READ, subject=subject, detail={"query": filters}))
         return await self._store.search_entries(query)
 
-    async def append_export(self, *, subject: str | None, detail: Mapping[str, Any]) -> Receipt:
-        """Record that ``subject`` exported part of the log (call before releasing the export)."""
-        return await self.append(AuditEvent(kind=EventKind.LOG_EXPORTED, subject=subject, detail=detail))
-
     async def aclose(self) -> None:
         """Commit everything queued, write a final checkpoint, stop the writer and flush witnesses."""
         if self._closing or self._task is None:
             return
         self._closing = True
-        await self._queue.put(_STOP)
+        self._work.set()
+        self._space.set()  # appends waiting for room see the log closing
         await self._task
         if self._witnesses is not None:
             await self._witnesses.aclose()
@@ -216,108 +235,126 @@ class AuditLog:
 
     # -- writer task -----------------------------------------------------------------------------
 
+    def _stage(self, event: AuditEvent, waiter: asyncio.Future[Receipt] | None, stamp: str) -> None:
+        """Sequence, encode and hash ``event`` onto the staged frontier (synchronous: no await may split it).
+
+        Raises:
+            CanonicalEncodingError: the event has no canonical JSON form (nothing is staged).
+        """
+        frontier = self._staged_frontier
+        doc = render_body(event, self._origin, frontier.size, stamp)
+        body = canonical_bytes(doc)
+        entry = LogEntry(self._origin, frontier.size, stamp, event.kind._value_, body, hash_leaf(body))
+        frontier.append(entry.leaf_hash)
+        self._staged.append(_Staged(event, stamp, waiter, entry, SearchColumns.from_doc(doc)))
+
+    def _restage(self) -> None:
+        """Sequence everything staged again on top of ``_frontier``, after a failure moved it.
+
+        A best-effort loss goes first, as a record of its own, so the gap shows in the log.
+        """
+        staged = [item for item in self._staged if item.waiter is not None or item.event.kind is not EventKind.RECORDS_LOST]
+        self._staged = []
+        self._staged_frontier = self._frontier.copy()
+        if self._lost_unrecorded:
+            detail = {"records_lost": self._lost_unrecorded}
+            stamp = staged[0].stamp if staged else render_time(self._clock())  # keeps times in seq order
+            self._stage(AuditEvent(kind=EventKind.RECORDS_LOST, detail=detail), None, stamp)
+        for item in staged:
+            self._stage(item.event, item.waiter, item.stamp)  # encoded once already: cannot fail now
+
     async def _serve(self) -> None:
         while True:
-            try:
-                async with asyncio.timeout(max(0.0, self._checkpoint_due() - time.monotonic())):
-                    first = await self._queue.get()
-            except TimeoutError:
-                await self._commit_checkpoint()
+            if self._staged:
+                await self._commit_staged()
                 continue
-            batch: list[_Pending] = []
-            stop = first is _STOP
-            if not stop:
-                batch.append(first)  # type: ignore[arg-type]
-            while not stop and len(batch) < self._max_batch and not self._queue.empty():
-                item = self._queue.get_nowait()
-                if item is _STOP:
-                    stop = True
-                else:
-                    batch.append(item)  # type: ignore[arg-type]
-            if batch:
-                await self._commit_records(batch)
-            if stop:
+            if self._closing:
                 await self._commit_checkpoint()
                 return
+            self._work.clear()
+            try:
+                async with asyncio.timeout(max(0.0, self._checkpoint_due() - time.monotonic())):
+                    await self._work.wait()
+            except TimeoutError:
+                await self._commit_checkpoint()
 
     def _checkpoint_due(self) -> float:
         grew = self._frontier.size > self._checkpoint_size
         return self._checkpoint_at + (self._policy.every_s if grew else self._policy.heartbeat_s)
 
-    async def _commit_records(self, batch: list[_Pending]) -> None:
-        try:
-            if not self._healthy:
+    async def _commit_staged(self) -> None:
+        if not self._healthy:
+            try:
                 await self._recover()
-            self._prepend_loss_record(batch)
-            await self._write(batch)
+            except StorageError as exc:
+                self._fail(self._take_batch()[0], exc)
+                return
+        batch, frontier = self._take_batch()
+        try:
+            await self._write(batch, frontier)
         except StorageError as exc:
             self._fail(batch, exc)
         except Exception as exc:  # a bug must not strand the waiters of this batch
             log.exception("audit writer failed unexpectedly")
             self._fail(batch, StorageError(f"audit writer failed: {type(exc).__name__}"))
 
-    def _prepend_loss_record(self, batch: list[_Pending]) -> None:
-        if self._lost_unrecorded:
-            detail = {"records_lost": self._lost_unrecorded}
-            batch.insert(0, _Pending(AuditEvent(kind=EventKind.RECORDS_LOST, detail=detail)))
+    def _take_batch(self) -> tuple[list[_Staged], Frontier]:
+        """Unstage the next batch (at most ``max_batch_records``) and the frontier at its end."""
+        if len(self._staged) <= self._max_batch:
+            batch, self._staged = self._staged, []
+            frontier = self._staged_frontier.copy()
+        else:
+            batch, self._staged = self._staged[: self._max_batch], self._staged[self._max_batch :]
+            frontier = self._frontier.copy()
+            for item in batch:
+                frontier.append(item.entry.leaf_hash)
+        self._space.set()
+        return batch, frontier
 
-    async def _write(self, batch: list[_Pending]) -> None:
-        moment = self._clock()
-        stamp = render_time(moment)
-        frontier = self._frontier.copy()
-        accepted: list[tuple[_Pending, LogEntry]] = []
-        for pending in batch:
-            try:
-                body = canonical_bytes(render_body(pending.event, self._origin, frontier.size, moment))
-            except BastionError as exc:  # only this caller's event is unusable; the rest commit
-                if pending.waiter is not None and not pending.waiter.done():
-                    pending.waiter.set_exception(exc)
-                continue
-            entry = LogEntry(self._origin, frontier.size, stamp, pending.event.kind.value, body, hash_leaf(body))
-            frontier.append(entry.leaf_hash)
-            accepted.append((pending, entry))
-        if not accepted:
-            return
+    async def _write(self, batch: list[_Staged], frontier: Frontier) -> None:
         due = frontier.size - max(self._checkpoint_size, 0) >= self._policy.every_records
-        checkpoint = self._sign(frontier, moment) if due else None
+        checkpoint = self._sign(frontier, self._clock()) if due else None
         head = LogHead(self._origin, frontier.size, frontier.hashes)
-        entries = tuple(entry for _, entry in accepted)
-        await self._store.append_batch(AppendBatch(head, entries, (checkpoint,) if checkpoint else ()))
+        entries = tuple(item.entry for item in batch)
+        columns = tuple(item.columns for item in batch)
+        await self._store.append_batch(AppendBatch(head, entries, (checkpoint,) if checkpoint else (), columns))
         self._frontier = frontier
         self._lost_unrecorded = 0
         self.stats.records_committed += len(entries)
         self.stats.batches_committed += 1
         if self.sinks is not None:
             self.sinks.offer(entries)  # never blocks or raises: the batch is already committed
-        for pending, entry in accepted:
-            if pending.waiter is not None and not pending.waiter.done():
-                pending.waiter.set_result(Receipt(entry.seq, entry.leaf_hash))
+        for item in batch:
+            if item.waiter is not None and not item.waiter.done():
+                item.waiter.set_result(Receipt(item.entry.seq, item.entry.leaf_hash))
         if checkpoint is not None:
             self._checkpoint_committed(checkpoint)
 
-    def _fail(self, batch: list[_Pending], exc: StorageError) -> None:
+    def _fail(self, batch: list[_Staged], exc: StorageError) -> None:
+        """Settle a batch that did not commit; what is still staged is sequenced again before its turn."""
         self._healthy = False
         self.stats.store_failures += 1
-        waiting = [p for p in batch if p.waiter is not None and not p.waiter.done()]
+        waiting = [item.waiter for item in batch if item.waiter is not None and not item.waiter.done()]
         if self._mode is AuditMode.BEST_EFFORT:
             self._lost_unrecorded += len(waiting)
             self.stats.records_lost += len(waiting)
             log.error("audit store failed; %d records lost (best_effort mode): %s", len(waiting), exc)
-            for pending in waiting:
-                pending.waiter.set_result(Receipt(None, None, durable=False))  # type: ignore[union-attr]
+            for waiter in waiting:
+                waiter.set_result(Receipt(None, None, durable=False))
             return
         log.error("audit store failed; %d calls refused (durable mode): %s", len(waiting), exc)
-        for pending in waiting:
+        for waiter in waiting:
             try:
                 raise StorageError("audit record could not be made durable") from exc
             except StorageError as refused:
-                pending.waiter.set_exception(refused)  # type: ignore[union-attr]
+                waiter.set_exception(refused)
 
     async def _recover(self) -> None:
         """Reload seq and frontier: a failed commit may still have landed, so the store is the truth."""
         head = await self._store.fetch_head(self._origin)
         self._frontier = Frontier(head.tree_size, head.frontier) if head is not None else Frontier()
         self._healthy = True
+        self._restage()  # in the same step as the reload: nothing can be staged on the old frontier
 
     # -- checkpoints -----------------------------------------------------------------------------
 

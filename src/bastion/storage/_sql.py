@@ -30,13 +30,16 @@ def dollar(position: int) -> str:
     return f"${position}"
 
 
-def insert_records_sql(ph: Placeholder) -> str:
-    """INSERT for one record row with its search columns."""
-    marks = ", ".join(ph(i) for i in range(1, 11))
-    return (
-        "INSERT INTO records (origin, seq, time, kind, body, leaf_hash, subject, tool, session_id, outcome)"
-        f" VALUES ({marks})"
+RECORD_COLUMNS = 10
+"""Values per row of ``insert_records_sql``."""
+
+
+def insert_records_sql(ph: Placeholder, rows: int = 1) -> str:
+    """INSERT of ``rows`` record rows with their search columns, parameters row after row."""
+    values = ", ".join(
+        "(" + ", ".join(ph(r * RECORD_COLUMNS + i) for i in range(1, RECORD_COLUMNS + 1)) + ")" for r in range(rows)
     )
+    return f"INSERT INTO records (origin, seq, time, kind, body, leaf_hash, subject, tool, session_id, outcome) VALUES {values}"
 
 
 def insert_checkpoint_sql(ph: Placeholder) -> str:
@@ -53,10 +56,10 @@ def upsert_head_sql(ph: Placeholder) -> str:
 
 
 def record_rows(batch: AppendBatch) -> list[tuple[Any, ...]]:
-    """Parameter tuples for ``insert_records_sql``, search columns extracted from each body."""
+    """Parameter tuples for ``insert_records_sql``; search columns from the batch, else from each body."""
+    columns = batch.columns or tuple(SearchColumns.from_body(e.body) for e in batch.entries)
     rows = []
-    for e in batch.entries:
-        cols = SearchColumns.from_body(e.body)
+    for e, cols in zip(batch.entries, columns, strict=True):
         rows.append(
             (e.origin, e.seq, e.time, e.kind, e.body, e.leaf_hash, cols.subject, cols.tool, cols.session_id, cols.outcome)
         )

@@ -50,6 +50,9 @@ class AppendBatch:
     head: LogHead
     entries: tuple[LogEntry, ...] = ()
     checkpoints: tuple[StoredCheckpoint, ...] = ()
+    columns: tuple[SearchColumns, ...] = ()
+    """Each entry's search columns when the writer already has them (from the dict it encoded);
+    empty: the store extracts them from the bodies."""
 
     @property
     def previous_size(self) -> int:
@@ -83,11 +86,22 @@ class SearchColumns:
 
     @classmethod
     def from_body(cls, body: bytes) -> SearchColumns:
-        """Extract the indexed fields from a canonical record body (see ``audit/record.py``)."""
+        """Extract the indexed fields from a canonical record body (see ``audit/record.py``).
+
+        Raises:
+            StorageError: the body is not a JSON object.
+        """
         try:
-            doc: dict[str, Any] = orjson.loads(body)
+            doc = orjson.loads(body)
         except orjson.JSONDecodeError as exc:
             raise StorageError("record body is not JSON") from exc
+        if not isinstance(doc, dict):
+            raise StorageError("record body is not a JSON object")
+        return cls.from_doc(doc)
+
+    @classmethod
+    def from_doc(cls, doc: dict[str, Any]) -> SearchColumns:
+        """Extract the indexed fields from a record body before it is encoded."""
         return cls(
             subject=_text(doc, "who", "subject"),
             tool=_text(doc, "what", "name"),
@@ -114,6 +128,8 @@ def check_batch(batch: AppendBatch) -> None:
             raise StorageError(f"batch entry {entry.origin}/{entry.seq} out of order")
         if len(entry.leaf_hash) != HASH_BYTES:
             raise StorageError("leaf hash must be 32 bytes")
+    if batch.columns and len(batch.columns) != len(batch.entries):
+        raise StorageError("batch carries search columns for some entries only")
     for cp in batch.checkpoints:
         if cp.origin != origin or cp.tree_size > batch.head.tree_size:
             raise StorageError(f"checkpoint {cp.origin}/{cp.tree_size} is ahead of the batch")

@@ -64,6 +64,18 @@ def _connect(path: str) -> sqlite3.Connection:
     return conn
 
 
+INSERT_ROWS_PER_STATEMENT = 64
+"""Rows per multi-row INSERT: 640 parameters, well under SQLite's 32,766. One statement steps
+once with the GIL released, where ``executemany`` releases and re-takes it per row, and every
+re-take waits for the event loop thread to let go."""
+
+
+def _insert_records(conn: sqlite3.Connection, rows: list[tuple[Any, ...]]) -> None:
+    for start in range(0, len(rows), INSERT_ROWS_PER_STATEMENT):
+        chunk = rows[start : start + INSERT_ROWS_PER_STATEMENT]
+        conn.execute(_sql.insert_records_sql(_sql.qmark, len(chunk)), [value for row in chunk for value in row])
+
+
 def _migrate(conn: sqlite3.Connection) -> None:
     conn.execute(SCHEMA_MIGRATIONS_SQL)
     applied = {row[0] for row in conn.execute("SELECT version FROM schema_migrations")}
@@ -253,7 +265,7 @@ class SqliteStore:
                 raise StorageError(
                     f"origin {batch.head.origin!r} is at tree size {stored}, batch expects {batch.previous_size}"
                 )
-            conn.executemany(_sql.insert_records_sql(_sql.qmark), rows)
+            _insert_records(conn, rows)
             conn.executemany(_sql.insert_checkpoint_sql(_sql.qmark), checkpoints)
             conn.execute(_sql.upsert_head_sql(_sql.qmark), head)
 

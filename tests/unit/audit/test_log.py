@@ -41,14 +41,22 @@ class FlakyStore:
         self.inner = inner
         self.fail_before_commit = False
         self.fail_after_commit = False
+        self.fail_next_batches = 0
+        """Fail this many more record batches before they commit, whatever the flags say."""
         self.gate: asyncio.Event | None = None
         self.entered = asyncio.Event()
+        self.records_entered = asyncio.Event()
         self.batches: list[AppendBatch] = []
 
     async def append_batch(self, batch: AppendBatch) -> None:
         self.entered.set()
-        if self.gate is not None:
+        if batch.entries:
+            self.records_entered.set()
+        if self.gate is not None and batch.entries:
             await asyncio.wait_for(self.gate.wait(), WAIT_S)
+        if self.fail_next_batches and batch.entries:
+            self.fail_next_batches -= 1
+            raise StorageError("disk on fire, briefly")
         if self.fail_before_commit:
             raise StorageError("disk on fire")
         await self.inner.append_batch(batch)
@@ -241,15 +249,95 @@ async def test_appends_wait_when_the_queue_is_full(store: FlakyStore, key: Signi
     log = make_log(store, key, max_queue_records=2, max_batch_records=1)
     await log.start()
     in_flight = asyncio.create_task(log.append(event(0)))
-    await asyncio.wait_for(store.entered.wait(), WAIT_S)  # the writer holds seq 0 at the gate
+    await asyncio.wait_for(store.records_entered.wait(), WAIT_S)  # the writer holds seq 0 at the gate
     queued = [asyncio.create_task(log.append(event(i))) for i in (1, 2)]
     blocked = asyncio.create_task(log.append(event(3)))
     finished, _ = await asyncio.wait({blocked}, timeout=0.2)  # bounded: the queue is full, so it must wait
-    assert not finished and log._queue.full()
+    assert not finished and log.staged_records == 2
     store.gate.set()
     done = await asyncio.wait_for(asyncio.gather(in_flight, *queued, blocked), WAIT_S)
     assert [r.seq for r in done] == [0, 1, 2, 3]
     await log.aclose()
+
+
+async def test_records_arriving_during_a_commit_are_sequenced_at_once_and_share_the_next(
+    store: FlakyStore, key: SigningKey
+) -> None:
+    store.gate = asyncio.Event()
+    log = make_log(store, key)
+    await log.start()
+    first = asyncio.create_task(log.append(event(0)))
+    await asyncio.wait_for(store.records_entered.wait(), WAIT_S)  # seq 0 is being committed
+    later = [asyncio.create_task(log.append(event(i))) for i in range(1, 6)]
+    await asyncio.sleep(0)
+    assert log.staged_records == 5  # sequenced and hashed while the store works, not after
+    store.gate.set()
+    receipts = await asyncio.wait_for(asyncio.gather(first, *later), WAIT_S)
+    await log.aclose()
+    assert [r.seq for r in receipts] == [0, 1, 2, 3, 4, 5]
+    assert [[e.seq for e in b.entries] for b in store.batches if b.entries] == [[0], [1, 2, 3, 4, 5]]
+    stored = await store.fetch_entries(ORIGIN, 0, 10)
+    assert [e.leaf_hash for e in stored] == [r.leaf_hash for r in receipts]
+
+
+async def test_staged_records_take_the_failed_batchs_seqs_when_it_did_not_land(store: FlakyStore, key: SigningKey) -> None:
+    store.gate = asyncio.Event()
+    store.fail_next_batches = 1
+    log = make_log(store, key)
+    await log.start()
+    doomed = asyncio.create_task(log.append(event(0)))
+    await asyncio.wait_for(store.records_entered.wait(), WAIT_S)
+    staged = [asyncio.create_task(log.append(event(i))) for i in (1, 2)]
+    await asyncio.sleep(0)
+    store.gate.set()
+    with pytest.raises(StorageError):
+        await asyncio.wait_for(doomed, WAIT_S)
+    receipts = await asyncio.wait_for(asyncio.gather(*staged), WAIT_S)
+    await log.aclose()
+    assert [r.seq for r in receipts] == [0, 1]  # no gap where the refused record would have been
+    stored = await store.fetch_entries(ORIGIN, 0, 10)
+    assert [orjson.loads(e.body)["who"]["subject"] for e in stored] == ["user-1", "user-2"]
+    assert [e.leaf_hash for e in stored] == [r.leaf_hash for r in receipts]
+    assert all(e.leaf_hash == hash_leaf(e.body) for e in stored)
+
+
+async def test_staged_records_follow_a_failed_batch_that_landed_after_all(store: FlakyStore, key: SigningKey) -> None:
+    store.gate = asyncio.Event()
+    store.fail_after_commit = True
+    log = make_log(store, key)
+    await log.start()
+    landed = asyncio.create_task(log.append(event(0)))
+    await asyncio.wait_for(store.records_entered.wait(), WAIT_S)
+    staged = asyncio.create_task(log.append(event(1)))
+    await asyncio.sleep(0)
+    store.gate.set()
+    with pytest.raises(StorageError):
+        await asyncio.wait_for(landed, WAIT_S)
+    store.fail_after_commit = False
+    assert (await asyncio.wait_for(staged, WAIT_S)).seq == 1  # seq 0 is in the store
+    await log.aclose()
+    assert [e.seq for e in await store.fetch_entries(ORIGIN, 0, 10)] == [0, 1]
+
+
+async def test_one_loss_record_precedes_staged_records_when_best_effort_failures_repeat(
+    store: FlakyStore, key: SigningKey
+) -> None:
+    store.gate = asyncio.Event()
+    store.fail_next_batches = 2
+    log = make_log(store, key, mode=AuditMode.BEST_EFFORT, max_batch_records=1)
+    await log.start()
+    tasks = [asyncio.create_task(log.append(event(i))) for i in range(4)]
+    await asyncio.wait_for(store.records_entered.wait(), WAIT_S)
+    store.gate.set()
+    receipts = await asyncio.wait_for(asyncio.gather(*tasks), WAIT_S)
+    await log.aclose()
+    # The first failure loses seq 0's record; the second hits the loss record itself, which is
+    # then written once, ahead of the records that were staged behind it all along.
+    assert [r.durable for r in receipts] == [False, True, True, True]
+    stored = await store.fetch_entries(ORIGIN, 0, 10)
+    assert [e.kind for e in stored] == ["records_lost", "request", "request", "request"]
+    assert orjson.loads(stored[0].body)["detail"] == {"records_lost": 1}
+    assert [r.seq for r in receipts[1:]] == [1, 2, 3]
 
 
 async def test_only_the_bad_event_fails_when_it_cannot_be_canonicalised(store: FlakyStore, key: SigningKey) -> None:
@@ -315,14 +403,11 @@ async def test_reads_are_recorded_before_results_are_returned(store: FlakyStore,
     await log.start()
     await log.append(event(1))
     found = await log.search_entries(RecordQuery(origin=ORIGIN, kind="log_read"), subject="auditor")
-    export = await log.append_export(subject="auditor", detail={"format": "jsonl", "start_seq": 0})
     await log.aclose()
     assert [e.kind for e in found] == ["log_read"]  # the read saw its own record: it was durable first
     body = orjson.loads(found[0].body)
     assert body["who"] == {"subject": "auditor"}
     assert body["detail"]["query"]["kind"] == "log_read"
-    exported = await store.fetch_entry(ORIGIN, export.seq)  # type: ignore[arg-type]
-    assert exported is not None and exported.kind == "log_exported"
 
 
 async def test_start_fails_with_storage_error_when_the_store_is_closed(key: SigningKey) -> None:

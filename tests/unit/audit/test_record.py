@@ -23,6 +23,7 @@ from bastion.audit.record import (
 
 SCHEMA_PATH = Path(__file__).parents[3] / "docs" / "audit-record.schema.json"
 MOMENT = datetime(2026, 11, 24, 23, 59, 1, 123456, tzinfo=UTC)
+STAMP = render_time(MOMENT)
 
 FULL = AuditEvent(
     kind=EventKind.RESPONSE,
@@ -70,7 +71,7 @@ def validator() -> jsonschema.protocols.Validator:
 
 
 def test_full_event_renders_every_group_and_validates(validator: jsonschema.protocols.Validator) -> None:
-    body = render_body(FULL, "gw-1", 42, MOMENT)
+    body = render_body(FULL, "gw-1", 42, STAMP)
     validator.validate(body)
     assert body["schema"] == "bastion.audit/1"
     assert (body["origin"], body["seq"], body["time"], body["kind"], body["outcome"]) == (
@@ -86,18 +87,18 @@ def test_full_event_renders_every_group_and_validates(validator: jsonschema.prot
 
 
 def test_null_fields_and_empty_groups_are_omitted_when_rendering(validator: jsonschema.protocols.Validator) -> None:
-    body = render_body(AuditEvent(kind=EventKind.GATEWAY_STARTED), "gw-1", 0, MOMENT)
+    body = render_body(AuditEvent(kind=EventKind.GATEWAY_STARTED), "gw-1", 0, STAMP)
     validator.validate(body)
     assert body == {"schema": "bastion.audit/1", "origin": "gw-1", "seq": 0, "time": "2026-11-24T23:59:01.123Z",
                     "kind": "gateway_started"}
-    partial = render_body(AuditEvent(kind=EventKind.REQUEST, subject="bob", is_error=False), "gw-1", 1, MOMENT)
+    partial = render_body(AuditEvent(kind=EventKind.REQUEST, subject="bob", is_error=False), "gw-1", 1, STAMP)
     assert partial["who"] == {"subject": "bob"}
     assert partial["result"] == {"is_error": False}
 
 
 @pytest.mark.parametrize("kind", list(EventKind))
 def test_every_kind_validates_when_rendered(kind: EventKind, validator: jsonschema.protocols.Validator) -> None:
-    validator.validate(render_body(AuditEvent(kind=kind, outcome=Outcome.DENIED), "gw", 3, MOMENT))
+    validator.validate(render_body(AuditEvent(kind=kind, outcome=Outcome.DENIED), "gw", 3, STAMP))
 
 
 @pytest.mark.parametrize(
@@ -118,7 +119,7 @@ def test_every_kind_validates_when_rendered(kind: EventKind, validator: jsonsche
          "unknown-top-field", "sealed-version", "unknown-sealed-field", "sealed-without-recipients"],
 )
 def test_schema_rejects_a_body_when_mutated(mutate: Any, validator: jsonschema.protocols.Validator) -> None:
-    body = render_body(FULL, "gw-1", 42, MOMENT)
+    body = render_body(FULL, "gw-1", 42, STAMP)
     mutate(body)
     with pytest.raises(jsonschema.ValidationError):
         validator.validate(body)
@@ -139,5 +140,5 @@ def test_arguments_digest_ignores_key_order_when_values_match() -> None:
 
 def test_body_is_canonicalisable_when_it_carries_unicode_and_floats() -> None:
     event = AuditEvent(kind=EventKind.REQUEST, arguments={"q": "café ☕", "n": 1.5}, latency_ms=0.25)
-    encoded = canonical_bytes(render_body(event, "gw", 0, MOMENT))
+    encoded = canonical_bytes(render_body(event, "gw", 0, STAMP))
     assert json.loads(encoded)["what"]["arguments"] == {"q": "café ☕", "n": 1.5}

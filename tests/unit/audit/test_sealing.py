@@ -51,7 +51,7 @@ from bastion.stages.audit import AuditStage, raw_sha256
 from bastion.stages.masking import MaskingStage
 
 SCHEMA_PATH = Path(__file__).parents[3] / "docs" / "audit-record.schema.json"
-MOMENT = datetime(2026, 11, 24, 23, 59, 1, tzinfo=UTC)
+STAMP = "2026-11-24T23:59:01.000Z"
 ALICE = SealPrivateKey("alice-2026", bytes(range(32)))
 BOB = SealPrivateKey("bob-2026", bytes(range(32, 64)))
 MALLORY = SealPrivateKey("mallory", bytes(range(64, 96)))
@@ -74,7 +74,7 @@ def sealed_body(arguments: dict[str, Any], *, sealer: Sealer | None = None, seq:
         kind=EventKind.REQUEST, upstream="echo", method="tools/call", name="echo", arguments={"text": "[CARD]"},
         arguments_sha256=value.sha256, sealed={"arguments": value.envelope},
     )
-    return canonical_bytes(render_body(event, "gw/log", seq, MOMENT))
+    return canonical_bytes(render_body(event, "gw/log", seq, STAMP))
 
 
 # -- keys ------------------------------------------------------------------------------------------------
@@ -252,7 +252,7 @@ def test_unseal_fails_when_the_record_digest_is_rewritten_to_match_a_moved_envel
 
 
 def test_unseal_refuses_when_the_record_has_no_or_several_sealed_values() -> None:
-    plain = canonical_bytes(render_body(AuditEvent(kind=EventKind.REQUEST), "gw/log", 0, MOMENT))
+    plain = canonical_bytes(render_body(AuditEvent(kind=EventKind.REQUEST), "gw/log", 0, STAMP))
     with pytest.raises(UnsealError, match="holds no sealed value"):
         unseal_record(plain, ALICE)
     body = json.loads(sealed_body({"text": "one"}))
@@ -308,7 +308,7 @@ async def run_call(sealer: Sealer | None, arguments: dict[str, Any], reply: Repl
     )
     released = await audit(ex, lambda e: masking(e, e.deliver))
     assert released is not None and CARD not in orjson.dumps(released).decode()
-    return [canonical_bytes(render_body(e, "gw/log", seq, MOMENT)) for seq, e in enumerate(log.events)]
+    return [canonical_bytes(render_body(e, "gw/log", seq, STAMP)) for seq, e in enumerate(log.events)]
 
 
 def test_stage_seals_raw_arguments_and_result_when_a_sealer_is_given() -> None:
