@@ -3,7 +3,7 @@
 1. writes a configuration and a fresh audit signing key under .demo/;
 2. starts `bastion serve` (the real CLI) in front of @modelcontextprotocol/server-everything (stdio);
 3. runs an agent session through it with the official MCP Python SDK client;
-4. stops the gateway, prints the audit trail and verifies it offline.
+4. stops the gateway, prints the audit trail (a read the log itself records) and verifies it offline.
 """
 
 from __future__ import annotations
@@ -70,7 +70,7 @@ def write_config(port: int) -> Path:
 
 
 def start_gateway(config: Path, port: int) -> subprocess.Popen[bytes]:
-    log = open(WORK / "gateway.log", "wb")  # noqa: SIM115 - lives as long as the process
+    log = open(WORK / "gateway.log", "wb")
     proc = subprocess.Popen([sys.executable, "-m", "bastion", "serve", "--config", str(config)], stdout=log, stderr=log)
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
@@ -127,7 +127,8 @@ def main() -> int:
         proc.wait(30)
     store = f"sqlite:///{WORK}/bastion.db"
     say("the audit trail:")
-    subprocess.run([sys.executable, "-m", "bastion", "audit", "search", "--store", store], check=False)
+    # Reading the log is itself recorded: --config records this search to origin demo/bastion/cli.
+    subprocess.run([sys.executable, "-m", "bastion", "audit", "search", "--config", str(config)], check=False)
     say("verifying the audit trail offline (records, Merkle tree, signed checkpoints):")
     verify = subprocess.run(
         [sys.executable, "-m", "bastion", "audit", "verify", "--store", store, "--keys", str(WORK / "keyring.txt")], check=False

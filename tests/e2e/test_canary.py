@@ -69,7 +69,7 @@ async def _scenario(workdir: Path) -> tuple[Haystacks, list[dict[str, Any]], lis
     export_path = workdir / "export.jsonl"
     exported = await asyncio.to_thread(
         subprocess.run,
-        [PYTHON, "-m", "bastion", "audit", "export", "--store", f"sqlite:///{gateway.db_path}", "--origin", ORIGIN,
+        [PYTHON, "-m", "bastion", "audit", "export", "--config", str(gateway.config_path), "--origin", ORIGIN,
          "--out", str(export_path)], cwd=ROOT, capture_output=True, timeout=CALL_TIMEOUT_S, check=False)
     assert exported.returncode == 0, exported.stderr
     haystacks["export"] = export_path.read_bytes()

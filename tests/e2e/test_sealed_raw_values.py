@@ -71,8 +71,10 @@ class Scenario:
         return found[0]
 
     def unseal(self, seq: int, key: str, db_path: Path | None = None) -> subprocess.CompletedProcess[str]:
+        # The read is recorded to ORIGIN/cli, signed with the gateway's key (written by signing_key_file).
         return bastion("audit", "unseal", "--store", f"sqlite:///{db_path or self.db_path}", "--origin", ORIGIN,
-                       "--seq", str(seq), "--key", str(self.keys.get(key, self.workdir / key)))
+                       "--seq", str(seq), "--key", str(self.keys.get(key, self.workdir / key)),
+                       "--record-as", f"{ORIGIN}/cli", "--record-key", str(self.workdir / f"{ORIGIN}.key"))
 
 
 async def _calls(url: str) -> list[dict[str, Any]]:

@@ -30,6 +30,8 @@ from bastion.cli.main import main
 from bastion.storage import open_store
 
 ORIGIN = "gw.test/log"
+READER = f"{ORIGIN}/cli"
+"""Where the reading commands record themselves here (signed with KEY, so the ring covers it)."""
 KEY = SigningKey(ORIGIN, bytes(range(32)))
 OTHER_KEY = SigningKey(ORIGIN, bytes(range(1, 33)))
 EVERY = CheckpointPolicy(every_records=4, every_s=3600, heartbeat_s=3600)
@@ -38,7 +40,7 @@ T0 = datetime(2026, 7, 1, 12, 0, tzinfo=UTC)
 
 
 def ticking_clock(start: datetime) -> Callable[[], datetime]:
-    """A clock that moves one second per reading, so every batch gets its own time."""
+    """A clock that moves one second per reading, so every record gets its own time."""
     ticks = itertools.count()
     return lambda: start + timedelta(seconds=next(ticks))
 
@@ -90,6 +92,8 @@ class Log:
     path: Path
     keys: Path
     tmp: Path
+    rec: tuple[str, ...]
+    """The recording options every reading command needs (tests/unit/cli/test_audit_read_recording.py)."""
 
     def sql(self, statement: str, *params: object) -> list[tuple[object, ...]]:
         with sqlite3.connect(self.path) as conn:
@@ -103,7 +107,9 @@ def log(tmp_path: Path) -> Log:
     asyncio.run(append_interactions(url, 5))  # 10 records; checkpoints at 1, 5, 9 (every 4) and 10 (on close)
     keys = tmp_path / "keys.txt"
     keys.write_text(f"# test ring\n{render_vkey(KEY.public())}\n")
-    return Log(url, path, keys, tmp_path)
+    reader_key = tmp_path / "reader.key"
+    reader_key.write_text(render_signing_key(KEY))
+    return Log(url, path, keys, tmp_path, ("--record-as", READER, "--record-key", str(reader_key)))
 
 
 def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
@@ -164,7 +170,7 @@ def test_verify_exit_0_with_summary_when_log_untouched(log: Log, capsys: pytest.
     code, out, _ = run(capsys, "verify", "--store", log.url, "--keys", str(log.keys))
     assert code == 0
     assert out.splitlines()[0] == f"records: 10  checkpoints: 4  origins: {ORIGIN}"
-    assert out.splitlines()[1] == "time: 2026-07-01T12:00:00.000Z .. 2026-07-01T12:00:10.000Z"
+    assert out.splitlines()[1] == "time: 2026-07-01T12:00:00.000Z .. 2026-07-01T12:00:12.000Z"  # one tick per record and checkpoint
     assert "result: OK" in out
 
 
@@ -262,6 +268,7 @@ def test_proof_verifies_offline_when_untouched(log: Log, capsys: pytest.CaptureF
         "proof",
         "--store",
         log.url,
+        *log.rec,
         "--origin",
         ORIGIN,
         "--seq",
@@ -295,7 +302,7 @@ def test_proof_verifies_offline_when_untouched(log: Log, capsys: pytest.CaptureF
 def test_verify_proof_exit_1_with_reason_when_proof_is_mutated(
     log: Log, capsys: pytest.CaptureFixture[str], mutate: object, reason: str
 ) -> None:
-    code, out, _ = run(capsys, "proof", "--store", log.url, "--origin", ORIGIN, "--seq", "6")
+    code, out, _ = run(capsys, "proof", "--store", log.url, *log.rec, "--origin", ORIGIN, "--seq", "6")
     doc = json.loads(out)
     mutate(doc)  # type: ignore[operator]
     path = log.tmp / "proof.json"
@@ -311,7 +318,7 @@ def test_verify_proof_exit_1_when_the_ring_does_not_hold_the_log_key(
     log: Log, capsys: pytest.CaptureFixture[str]
 ) -> None:
     proof = log.tmp / "proof.json"
-    run(capsys, "proof", "--store", log.url, "--origin", ORIGIN, "--seq", "0", "--out", str(proof))
+    run(capsys, "proof", "--store", log.url, *log.rec, "--origin", ORIGIN, "--seq", "0", "--out", str(proof))
     other = log.tmp / "other.txt"
     other.write_text(render_vkey(OTHER_KEY.public()) + "\n")
     code, out, _ = run(capsys, "verify-proof", str(proof), "--keys", str(other))
@@ -328,7 +335,7 @@ def test_verify_proof_exit_2_when_the_file_is_not_a_proof(log: Log, capsys: pyte
 
 
 def test_proof_exit_1_when_no_checkpoint_covers_the_seq(log: Log, capsys: pytest.CaptureFixture[str]) -> None:
-    code, _, err = run(capsys, "proof", "--store", log.url, "--origin", ORIGIN, "--seq", "10")
+    code, _, err = run(capsys, "proof", "--store", log.url, *log.rec, "--origin", ORIGIN, "--seq", "10")
     assert code == 1
     assert "covers seq 10" in err
 
@@ -338,7 +345,7 @@ def test_proof_exit_1_when_no_checkpoint_covers_the_seq(log: Log, capsys: pytest
 
 def test_export_verifies_offline_when_untouched(log: Log, capsys: pytest.CaptureFixture[str]) -> None:
     out = log.tmp / "export.jsonl"
-    code, _, err = run(capsys, "export", "--store", log.url, "--out", str(out))
+    code, _, err = run(capsys, "export", "--store", log.url, *log.rec, "--out", str(out))
     assert code == 0
     assert "exported 10 records and 4 checkpoints" in err
     lines = [json.loads(line) for line in out.read_text().splitlines()]
@@ -352,7 +359,7 @@ def test_export_verifies_offline_when_untouched(log: Log, capsys: pytest.Capture
 
 def test_verify_export_exit_1_when_an_exported_body_is_edited(log: Log, capsys: pytest.CaptureFixture[str]) -> None:
     out = log.tmp / "export.jsonl"
-    run(capsys, "export", "--store", log.url, "--origin", ORIGIN, "--out", str(out))
+    run(capsys, "export", "--store", log.url, *log.rec, "--origin", ORIGIN, "--out", str(out))
     out.write_text(out.read_text().replace('\\"q\\":4', '\\"q\\":40'))
     code, text, _ = run(capsys, "verify", "--export", str(out), "--keys", str(log.keys), "--json")
     assert code == 1
@@ -365,7 +372,7 @@ def test_export_window_starts_mid_log_and_still_verifies_when_from_is_given(
     times = [str(t) for (t,) in log.sql("SELECT time FROM records ORDER BY seq")]
     out = log.tmp / "window.jsonl"
     assert (
-        run(capsys, "export", "--store", log.url, "--from", times[5], "--out", str(out))[0]
+        run(capsys, "export", "--store", log.url, *log.rec, "--from", times[5], "--out", str(out))[0]
         == 0
     )
     lines = [json.loads(line) for line in out.read_text().splitlines()]
@@ -386,7 +393,9 @@ def test_export_window_extends_to_the_next_checkpoint_when_to_cuts_between_check
 ) -> None:
     times = [str(t) for (t,) in log.sql("SELECT time FROM records ORDER BY seq")]
     out = log.tmp / "window.jsonl"
-    code, _, _ = run(capsys, "export", "--store", log.url, "--origin", ORIGIN, "--to", times[3], "--out", str(out))
+    code, _, _ = run(
+        capsys, "export", "--store", log.url, *log.rec, "--origin", ORIGIN, "--to", times[3], "--out", str(out)
+    )
     assert code == 0
     lines = [json.loads(line) for line in out.read_text().splitlines()]
     assert [line["seq"] for line in lines if line["type"] == "entry"] == [0, 1, 2, 3, 4]
@@ -399,10 +408,10 @@ def test_export_refuses_with_exit_2_when_out_exists_or_origins_unnamed(
 ) -> None:
     out = log.tmp / "exists.jsonl"
     out.write_text("keep")
-    assert run(capsys, "export", "--store", log.url, "--origin", ORIGIN, "--out", str(out))[0] == 2
+    assert run(capsys, "export", "--store", log.url, *log.rec, "--origin", ORIGIN, "--out", str(out))[0] == 2
     assert out.read_text() == "keep"
     # Without --origin every origin in the store is exported.
-    code, _, err = run(capsys, "export", "--store", log.url, "--out", str(log.tmp / "new.jsonl"))
+    code, _, err = run(capsys, "export", "--store", log.url, *log.rec, "--out", str(log.tmp / "new.jsonl"))
     assert code == 0
     assert ORIGIN in err
 
@@ -449,7 +458,7 @@ def test_verify_export_exit_2_when_the_file_is_not_an_export(log: Log, capsys: p
 
 
 def test_search_prints_a_table_filtered_by_subject_and_outcome(log: Log, capsys: pytest.CaptureFixture[str]) -> None:
-    code, out, _ = run(capsys, "search", "--store", log.url, "--subject", "alice", "--outcome", "denied")
+    code, out, _ = run(capsys, "search", "--store", log.url, *log.rec, "--subject", "alice", "--outcome", "denied")
     assert code == 0
     lines = out.splitlines()
     assert lines[0].split() == ["TIME", "ORIGIN", "SEQ", "KIND", "OUTCOME", "SUBJECT", "METHOD", "NAME", "SESSION"]
@@ -458,7 +467,8 @@ def test_search_prints_a_table_filtered_by_subject_and_outcome(log: Log, capsys:
 
 def test_search_json_filters_by_tool_session_and_kind(log: Log, capsys: pytest.CaptureFixture[str]) -> None:
     code, out, _ = run(
-        capsys, "search", "--store", log.url, "--tool", "fetch", "--session", "s-1", "--kind", "request", "--json"
+        capsys, "search", "--store", log.url, *log.rec,
+        "--tool", "fetch", "--session", "s-1", "--kind", "request", "--json",
     )
     assert code == 0
     found = [json.loads(line) for line in out.splitlines()]
@@ -470,7 +480,7 @@ def test_search_escapes_control_characters_when_a_subject_holds_a_newline(
     log: Log, capsys: pytest.CaptureFixture[str]
 ) -> None:
     asyncio.run(append_interactions(log.url, 1, start=5, subject="eve\n2026-01-01  forged\u202e"))
-    code, out, _ = run(capsys, "search", "--store", log.url, "--kind", "request", "--limit", "1")
+    code, out, _ = run(capsys, "search", "--store", log.url, *log.rec, "--kind", "request", "--limit", "1")
     assert code == 0
     assert len(out.splitlines()) == 2
     assert "eve\\u000a2026-01-01  forged\\u202e" in out
@@ -478,23 +488,23 @@ def test_search_escapes_control_characters_when_a_subject_holds_a_newline(
 
 def test_show_links_request_and_response_when_given_either_seq(log: Log, capsys: pytest.CaptureFixture[str]) -> None:
     for seq in ("4", "5"):
-        code, out, _ = run(capsys, "show", "--store", log.url, "--origin", ORIGIN, "--seq", seq, "--json")
+        code, out, _ = run(capsys, "show", "--store", log.url, *log.rec, "--origin", ORIGIN, "--seq", seq, "--json")
         assert code == 0
         shown = json.loads(out)
         assert [(r["seq"], r["kind"]) for r in shown] == [(4, "request"), (5, "response")]
         assert shown[1]["body"]["decision"] == {"action": "deny", "rule_id": "deny-every-third"}
-    code, out, _ = run(capsys, "show", "--store", log.url, "--origin", ORIGIN, "--seq", "4")
+    code, out, _ = run(capsys, "show", "--store", log.url, *log.rec, "--origin", ORIGIN, "--seq", "4")
     assert out.splitlines()[0].startswith(f"== request: {ORIGIN} seq 4 at ")
     assert any(line.startswith(f"== response: {ORIGIN} seq 5 at ") for line in out.splitlines())
 
 
 def test_show_exit_1_when_the_record_is_absent(log: Log, capsys: pytest.CaptureFixture[str]) -> None:
-    code, _, err = run(capsys, "show", "--store", log.url, "--origin", ORIGIN, "--seq", "99")
+    code, _, err = run(capsys, "show", "--store", log.url, *log.rec, "--origin", ORIGIN, "--seq", "99")
     assert (code, "no record" in err) == (1, True)
 
 
 def test_tail_prints_the_last_records_when_not_following(log: Log, capsys: pytest.CaptureFixture[str]) -> None:
-    code, out, _ = run(capsys, "tail", "--store", log.url, "--origin", ORIGIN, "--last", "3", "--json")
+    code, out, _ = run(capsys, "tail", "--store", log.url, *log.rec, "--origin", ORIGIN, "--last", "3", "--json")
     assert code == 0
     assert [json.loads(line)["seq"] for line in out.splitlines()] == [7, 8, 9]
 

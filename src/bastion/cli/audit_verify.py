@@ -1,0 +1,149 @@
+"""``bastion audit verify|verify-proof``: check a stored or exported log, or one proof, offline.
+
+Thin shells over bastion.verifier, audit/reading.py and audit/export.py. Exit codes: 0 verified,
+1 verification failed, 2 bad input. These commands only read and are deliberately *not*
+recorded in the log: an independent verifier may hold read-only credentials, and must not
+change the log it checks (docs/audit.md, "Reads of the log are recorded").
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from bastion.audit import export, reading
+from bastion.audit.checkpoint import MalformedNoteError, parse_checkpoint, parse_signed_note
+from bastion.audit.entry import StoredCheckpoint
+from bastion.audit.keys import KeyRing
+from bastion.cli._audit_shared import (
+    BadInputError,
+    add_origins,
+    escape,
+    fail_input,
+    load_ring,
+    read_text,
+    run,
+    with_store,
+)
+from bastion.cli._store import resolve_store_url
+from bastion.errors import ConfigError, StorageError, VerificationError
+from bastion.storage import AuditStore
+from bastion.verifier import Options, Report
+
+
+def register(sub: Any) -> None:
+    """Add verify and verify-proof to the ``audit`` sub-command group."""
+    p = sub.add_parser("verify", help="verify a stored or exported log offline (exit 0 ok, 1 failed, 2 bad input)")
+    source = p.add_mutually_exclusive_group()
+    source.add_argument("--store", metavar="URL", help="store URL, only read (default: $BASTION_STORE)")
+    source.add_argument("--export", help="JSON Lines file written by 'bastion audit export'")
+    p.add_argument("--keys", required=True, help="key ring file: one vkey per line, optional from=/until=")
+    p.add_argument("--trusted", help="a signed checkpoint obtained independently (e.g. from a witness)")
+    add_origins(p)
+    p.add_argument("--max-gap-records", type=int, default=reading.DEFAULT_OPTIONS.max_records_between_checkpoints)
+    p.add_argument("--max-gap-seconds", type=float, default=reading.DEFAULT_OPTIONS.max_seconds_between_checkpoints)
+    p.add_argument("--now", action="store_true", help="also flag an unsigned tail older than --max-gap-seconds")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(run=run_verify)
+
+    p = sub.add_parser("verify-proof", help="check an inclusion proof offline (exit 0 ok, 1 failed, 2 bad input)")
+    p.add_argument("file")
+    p.add_argument("--keys", required=True)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(run=run_verify_proof)
+
+
+def _load_trusted(path: str) -> StoredCheckpoint:
+    text = read_text(path, "trusted checkpoint")
+    try:
+        checkpoint = parse_checkpoint(parse_signed_note(text).text)
+    except MalformedNoteError as exc:
+        raise BadInputError(f"trusted checkpoint {path} is not a signed checkpoint: {exc}") from exc
+    return StoredCheckpoint(checkpoint.origin, checkpoint.tree_size, checkpoint.root_hash, text, "")
+
+
+class _Progress:
+    """A one-line progress bar on stderr, drawn only when stderr is a terminal."""
+
+    def __init__(self, total: int) -> None:
+        self.total = total
+        self.drawn = False
+
+    def __call__(self, done: int) -> None:
+        percent = f" ({100 * done // self.total}%)" if self.total else ""
+        sys.stderr.write(f"\rverifying: {done}/{self.total} records{percent}")
+        sys.stderr.flush()
+        self.drawn = True
+
+    def close(self) -> None:
+        if self.drawn:
+            sys.stderr.write("\n")
+
+
+def run_verify(args: argparse.Namespace) -> int:
+    try:
+        ring = load_ring(args.keys)
+        trusted = _load_trusted(args.trusted) if args.trusted else None
+        options = Options(
+            max_records_between_checkpoints=args.max_gap_records,
+            max_seconds_between_checkpoints=args.max_gap_seconds,
+            now=datetime.now(UTC) if args.now else None,
+        )
+        if args.export:
+            report = export.verify_export(
+                Path(args.export), ring, trusted=trusted, origins=args.origin, options=options
+            )
+        else:
+            origins = list(dict.fromkeys(args.origin))
+            if origins and trusted is not None and trusted.origin not in origins:
+                origins.append(trusted.origin)
+            report = run(
+                with_store(resolve_store_url(args), lambda store: _verify_store(store, origins, ring, trusted, options))
+            )
+    except (ConfigError, StorageError, reading.EvidenceFormatError) as exc:
+        return fail_input(exc)
+    print(report.to_json() if args.json else report.render_text(), end="\n" if args.json else "")
+    return 0 if report.ok else 1
+
+
+async def _verify_store(
+    store: AuditStore, origins: list[str], ring: KeyRing, trusted: StoredCheckpoint | None, options: Options
+) -> Report:
+    # Without --origin an auditor means "everything": every origin the store holds.
+    origins = origins or await store.fetch_origins()
+    if not origins:
+        raise BadInputError("the store holds no audit log")
+    for origin in origins:
+        if await store.fetch_head(origin) is None and not await store.fetch_checkpoints(origin, 0, 1):
+            raise BadInputError(f"nothing is stored for origin {origin!r}; name the origins with --origin")
+    progress = _Progress(await reading.count_records(store, origins)) if sys.stderr.isatty() else None
+    try:
+        return await reading.verify_store(store, origins, ring, trusted=trusted, options=options, on_progress=progress)
+    finally:
+        if progress is not None:
+            progress.close()
+
+
+def run_verify_proof(args: argparse.Namespace) -> int:
+    try:
+        ring = load_ring(args.keys)
+        proof = reading.parse_proof(read_text(args.file, "proof"))
+    except (ConfigError, reading.EvidenceFormatError) as exc:
+        return fail_input(exc)
+    try:
+        reading.verify_proof(proof, ring)
+    except VerificationError as exc:
+        reason = f"{type(exc).__name__}: {exc}"
+        print(json.dumps({"ok": False, "reason": reason}) if args.json else f"result: FAILED\n{escape(reason)}")
+        return 1
+    where = f"{proof.origin} seq {proof.leaf_index} in tree size {proof.tree_size}"
+    print(
+        json.dumps({"ok": True, "origin": proof.origin, "leaf_index": proof.leaf_index, "tree_size": proof.tree_size})
+        if args.json
+        else f"result: OK\nrecord {escape(where)} is in the signed log"
+    )
+    return 0
