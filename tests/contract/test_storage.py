@@ -15,6 +15,7 @@ from bastion.audit.entry import LogEntry, StoredCheckpoint
 from bastion.audit.hashing import hash_leaf
 from bastion.errors import ConfigError, StorageError
 from bastion.storage import AppendBatch, AuditStore, LogHead, RecordQuery, open_store
+from bastion.storage.base import SearchColumns
 
 pytestmark = pytest.mark.anyio
 
@@ -77,6 +78,27 @@ async def test_appended_entries_read_back_identically_when_fetched_by_seq_range(
     assert await store.fetch_entry("o1", 3) == entries[3]
     assert await store.fetch_entry("o1", 5) is None
     assert await store.fetch_entries("o2", 0, 5) == []
+
+
+async def test_large_batch_reads_back_in_order_and_is_searchable_when_it_spans_several_statements(
+    store: AuditStore,
+) -> None:
+    frontier = Frontier()
+    entries = [make_entry("o1", i, subject=f"user-{i}") for i in range(150)]  # > 2 multi-row INSERTs
+    await store.append_batch(make_batch(frontier, entries))
+    assert await store.fetch_entries("o1", 0, 200) == entries
+    assert [e.seq for e in await store.search_entries(RecordQuery(subject="user-149"))] == [149]
+
+
+async def test_search_columns_given_with_the_batch_are_the_ones_indexed(store: AuditStore) -> None:
+    entries = [make_entry("o1", 0, subject="alice")]
+    batch = make_batch(Frontier(), entries)
+    columns = (SearchColumns(subject="alice", tool="search", session_id="s-1", outcome="ok"),)
+    await store.append_batch(AppendBatch(batch.head, batch.entries, (), columns))
+    assert await store.search_entries(RecordQuery(subject="alice", tool="search", session_id="s-1")) == entries
+    with pytest.raises(StorageError):  # columns for some entries only
+        two = make_batch(Frontier(), [make_entry("o2", 0), make_entry("o2", 1)])
+        await store.append_batch(AppendBatch(two.head, two.entries, (), columns))
 
 
 async def test_origins_are_listed_when_several_logs_share_a_store(store: AuditStore) -> None:

@@ -30,16 +30,24 @@ def dollar(position: int) -> str:
     return f"${position}"
 
 
-RECORD_COLUMNS = 10
-"""Values per row of ``insert_records_sql``."""
+RECORD_COLUMNS = "origin, seq, time, kind, body, leaf_hash, subject, tool, session_id, outcome"
+"""The columns of ``record_rows``' tuples, in order."""
+_RECORD_WIDTH = RECORD_COLUMNS.count(",") + 1
 
 
 def insert_records_sql(ph: Placeholder, rows: int = 1) -> str:
-    """INSERT of ``rows`` record rows with their search columns, parameters row after row."""
+    """INSERT of ``rows`` record rows, parameters row after row."""
     values = ", ".join(
-        "(" + ", ".join(ph(r * RECORD_COLUMNS + i) for i in range(1, RECORD_COLUMNS + 1)) + ")" for r in range(rows)
+        "(" + ", ".join(ph(r * _RECORD_WIDTH + i) for i in range(1, _RECORD_WIDTH + 1)) + ")" for r in range(rows)
     )
-    return f"INSERT INTO records (origin, seq, time, kind, body, leaf_hash, subject, tool, session_id, outcome) VALUES {values}"
+    return f"INSERT INTO records ({RECORD_COLUMNS}) VALUES {values}"
+
+
+INSERT_RECORD_ARRAYS_SQL = (
+    f"INSERT INTO records ({RECORD_COLUMNS}) SELECT * FROM unnest($1::text[], $2::bigint[], $3::text[],"
+    " $4::text[], $5::bytea[], $6::bytea[], $7::text[], $8::text[], $9::text[], $10::text[])"
+)
+"""PostgreSQL INSERT of a whole batch from one array per column (``record_rows`` transposed)."""
 
 
 def insert_checkpoint_sql(ph: Placeholder) -> str:

@@ -33,6 +33,7 @@ POOL_MIN_SIZE = 1
 POOL_MAX_SIZE = 10
 
 
+
 @contextlib.contextmanager
 def _translated(context: str) -> Iterator[None]:
     """Turn asyncpg / socket errors into StorageError at the seam."""
@@ -137,7 +138,8 @@ class PostgresStore:
                         f"origin {batch.head.origin!r} is at tree size {stored or 0}, batch expects {batch.previous_size}"
                     )
                 if rows:
-                    await conn.executemany(_sql.insert_records_sql(_sql.dollar), rows)
+                    # One statement over column arrays: one round trip and one plan for the batch.
+                    await conn.execute(_sql.INSERT_RECORD_ARRAYS_SQL, *(list(column) for column in zip(*rows, strict=True)))
                 if batch.checkpoints:
                     await conn.executemany(_sql.insert_checkpoint_sql(_sql.dollar), _sql.checkpoint_rows(batch))
                 await conn.execute(_sql.upsert_head_sql(_sql.dollar), *_sql.head_row(batch))
