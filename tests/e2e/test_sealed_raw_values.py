@@ -30,7 +30,7 @@ from tests.e2e.test_identity import RawSession
 from tests.servers.echo_server import SECRETS
 
 from bastion.audit.keys import parse_signing_key, render_vkey
-from bastion.audit.sealing import parse_seal_private_key, parse_seal_public_key
+from bastion.audit.seal_keys import parse_seal_private_key, parse_seal_public_key
 
 pytestmark = pytest.mark.e2e
 

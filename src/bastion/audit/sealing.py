@@ -1,9 +1,10 @@
 """Sealed raw values: envelope encryption of unmasked arguments and results for auditors only.
 
-Owns the auditor key pair (X25519) and its text forms, the sealed envelope ``bastion.seal/1``
+Owns the sealed envelope ``bastion.seal/1``
 (a fresh AES-256-GCM data key per value, wrapped for each recipient by ephemeral X25519 ECDH +
 HKDF-SHA256), its binding to the record that carries it, and opening it again. What gets sealed
-and when is the audit stage's business; the gateway only ever holds public keys.
+and when is the audit stage's business; the auditor keys are audit/seal_keys.py's, and the gateway
+only ever holds public keys.
 """
 
 from __future__ import annotations
@@ -16,7 +17,6 @@ import os
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -27,7 +27,8 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from bastion.audit.canonical import CanonicalEncodingError, canonical_bytes
-from bastion.audit.keys import KeyFormatError, verify_key_name
+from bastion.audit.keys import KeyFormatError
+from bastion.audit.seal_keys import KEY_ID_BYTES, SEAL_VERSION, SealPrivateKey, SealPublicKey, load_seal_public_key
 from bastion.errors import VerificationError
 
 if TYPE_CHECKING:
@@ -35,10 +36,6 @@ if TYPE_CHECKING:
 
 _log = logging.getLogger(__name__)
 
-SEAL_VERSION = "bastion.seal/1"
-PUBLIC_KEY_PREFIX = "SEAL+"
-PRIVATE_KEY_PREFIX = "PRIVATE+SEAL+"
-KEY_ID_BYTES = 4
 NONCE_BYTES = 12
 DATA_KEY_BYTES = 32
 _WRAP_INFO = b"bastion.seal/1 wrap\n"
@@ -60,132 +57,6 @@ class UnsealError(VerificationError):
 
 class MalformedEnvelopeError(UnsealError):
     """Raised when a record's ``sealed`` entry is not a ``bastion.seal/1`` envelope."""
-
-
-# -- keys ------------------------------------------------------------------------------------------------
-
-
-def compute_seal_key_id(name: str, public_key: bytes) -> bytes:
-    """Return SHA-256(``bastion.seal/1`` || 0x0A || name || 0x0A || public key)[:4]."""
-    return hashlib.sha256(SEAL_VERSION.encode() + b"\n" + name.encode("utf-8") + b"\n" + public_key).digest()[
-        :KEY_ID_BYTES
-    ]
-
-
-@dataclass(frozen=True, slots=True)
-class SealPublicKey:
-    """An auditor's X25519 public key under a name; the gateway seals for it."""
-
-    name: str
-    public_key: bytes
-
-    @property
-    def key_id(self) -> bytes:
-        """The 4-byte id recorded beside each wrapped data key."""
-        return compute_seal_key_id(self.name, self.public_key)
-
-
-@dataclass(frozen=True, slots=True)
-class SealPrivateKey:
-    """An auditor's X25519 private key; never configured on a gateway."""
-
-    name: str
-    private_key: bytes
-
-    def public(self) -> SealPublicKey:
-        """Return the matching public key."""
-        raw = X25519PrivateKey.from_private_bytes(self.private_key).public_key().public_bytes_raw()
-        return SealPublicKey(self.name, raw)
-
-
-def generate_seal_key(name: str) -> SealPrivateKey:
-    """Return a fresh random auditor key pair (``bastion audit sealkey``).
-
-    Raises:
-        KeyFormatError: the name is empty or holds spaces or ``+``.
-    """
-    verify_key_name(name)
-    return SealPrivateKey(name, X25519PrivateKey.generate().private_bytes_raw())
-
-
-def render_seal_public_key(key: SealPublicKey) -> str:
-    """Return ``SEAL+<name>+<hex key id>+<base64 public key>``."""
-    return f"{PUBLIC_KEY_PREFIX}{key.name}+{key.key_id.hex()}+{base64.b64encode(key.public_key).decode()}"
-
-
-def render_seal_private_key(key: SealPrivateKey) -> str:
-    """Return ``PRIVATE+SEAL+<name>+<hex key id>+<base64 private key>``."""
-    key_id = key.public().key_id.hex()
-    return f"{PRIVATE_KEY_PREFIX}{key.name}+{key_id}+{base64.b64encode(key.private_key).decode()}"
-
-
-def _parse_key_text(text: str, prefix: str, what: str) -> tuple[str, str, bytes]:
-    text = text.strip()
-    if not text.startswith(prefix):
-        raise KeyFormatError(f"malformed {what}: missing {prefix} prefix")
-    parts = text[len(prefix) :].split("+", 2)  # base64 may hold '+': split only as often as there are fields
-    if len(parts) != 3:
-        raise KeyFormatError(f"malformed {what}: expected name, key id and key")
-    name, key_id_hex, encoded = parts
-    verify_key_name(name)
-    try:
-        raw = base64.b64decode(encoded, validate=True)
-    except (binascii.Error, ValueError) as exc:
-        raise KeyFormatError(f"malformed {what}: key is not base64") from exc
-    if len(raw) != 32:
-        raise KeyFormatError(f"malformed {what}: want a 32-byte X25519 key")
-    return name, key_id_hex, raw
-
-
-def parse_seal_public_key(text: str) -> SealPublicKey:
-    """Parse the form written by ``render_seal_public_key``.
-
-    Raises:
-        KeyFormatError: wrong prefix, field count, encoding, or a key id that does not match.
-    """
-    name, key_id_hex, raw = _parse_key_text(text, PUBLIC_KEY_PREFIX, "seal public key")
-    key = SealPublicKey(name, raw)
-    if key.key_id.hex() != key_id_hex:
-        raise KeyFormatError("malformed seal public key: key id does not match the key")
-    return key
-
-
-def parse_seal_private_key(text: str) -> SealPrivateKey:
-    """Parse the form written by ``render_seal_private_key``.
-
-    Raises:
-        KeyFormatError: wrong prefix, field count, encoding, or a key id that does not match.
-    """
-    name, key_id_hex, raw = _parse_key_text(text, PRIVATE_KEY_PREFIX, "seal private key")
-    key = SealPrivateKey(name, raw)
-    if key.public().key_id.hex() != key_id_hex:
-        raise KeyFormatError("malformed seal private key: key id does not match the key")
-    return key
-
-
-def _read_key_file(path: str | Path) -> str:
-    try:
-        return Path(path).read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise KeyFormatError(f"cannot read key file {path}: {type(exc).__name__}") from exc
-
-
-def load_seal_public_key(path: str | Path) -> SealPublicKey:
-    """Load a recipient's public key file.
-
-    Raises:
-        KeyFormatError: the file is missing, unreadable or not a seal public key.
-    """
-    return parse_seal_public_key(_read_key_file(path))
-
-
-def load_seal_private_key(path: str | Path) -> SealPrivateKey:
-    """Load an auditor's private key file.
-
-    Raises:
-        KeyFormatError: the file is missing, unreadable or not a seal private key.
-    """
-    return parse_seal_private_key(_read_key_file(path))
 
 
 # -- binding: the additional authenticated data --------------------------------------------------------

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from bastion.audit.keys import generate_signing_key, render_signing_key, render_vkey
-from bastion.audit.sealing import generate_seal_key, render_seal_private_key, render_seal_public_key
+from bastion.audit.seal_keys import generate_seal_key, render_seal_private_key, render_seal_public_key
 from bastion.cli._audit_shared import BadInputError, add_key_source, require_key
 
 

@@ -18,7 +18,8 @@ from typing import Any
 from bastion.audit import export, reading
 from bastion.audit.entry import LogEntry
 from bastion.audit.record import EventKind
-from bastion.audit.sealing import SealedField, load_seal_private_key, unseal_record
+from bastion.audit.seal_keys import load_seal_private_key
+from bastion.audit.sealing import SealedField, unseal_record
 from bastion.cli._audit_shared import BadInputError, add_origins, escape, load_ring, run, with_store
 from bastion.cli._store import render_table
 from bastion.cli.audit_reader import (

@@ -11,7 +11,6 @@ import base64
 import dataclasses
 import hashlib
 import json
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -23,22 +22,24 @@ from bastion.audit.canonical import canonical_bytes
 from bastion.audit.keys import KeyFormatError, generate_signing_key, render_signing_key, render_vkey
 from bastion.audit.log import Receipt
 from bastion.audit.record import AuditEvent, EventKind, compute_arguments_sha256, render_body
+from bastion.audit.seal_keys import (
+    SealPrivateKey,
+    generate_seal_key,
+    parse_seal_private_key,
+    parse_seal_public_key,
+    render_seal_private_key,
+    render_seal_public_key,
+)
 from bastion.audit.sealing import (
     MalformedEnvelopeError,
     SealContext,
     SealedField,
     Sealer,
-    SealPrivateKey,
     UnsealError,
     build_sealer,
-    generate_seal_key,
     open_envelope,
     parse_envelope,
-    parse_seal_private_key,
-    parse_seal_public_key,
     render_envelope,
-    render_seal_private_key,
-    render_seal_public_key,
     seal,
     unseal_record,
 )

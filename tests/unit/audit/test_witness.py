@@ -1,9 +1,10 @@
 """Checkpoint witnesses: append-only directory, S3-compatible bucket (against a loopback fake), and the fan-out.
 
-No real S3 is reachable from the test environment: the bucket tests run against ``FakeS3``, a
-tiny S3-compatible PUT endpoint served on 127.0.0.1 by this module, which checks the SigV4
-signature, Content-MD5, x-amz-content-sha256 and If-None-Match like S3 does. The signing code is
-additionally pinned to the worked example in the AWS S3 SigV4 documentation.
+No real S3 is reachable from the test environment: the bucket tests here run against ``FakeS3``,
+a tiny S3-compatible PUT endpoint served on 127.0.0.1 by this module, which checks the SigV4
+signature, Content-MD5, x-amz-content-sha256 and If-None-Match like S3 does and lets a test read
+the exact headers. The signing code is additionally pinned to the worked example in the AWS S3
+SigV4 documentation, and tests/e2e/test_s3_witness.py runs the witness against moto's S3 server.
 """
 
 from __future__ import annotations

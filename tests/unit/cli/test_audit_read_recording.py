@@ -26,7 +26,8 @@ from bastion.audit.access import append_access_record
 from bastion.audit.keys import SigningKey, parse_key_ring, render_signing_key, render_vkey
 from bastion.audit.log import AuditLog, CheckpointPolicy
 from bastion.audit.record import AuditEvent, EventKind, Outcome
-from bastion.audit.sealing import SealedField, Sealer, generate_seal_key, render_seal_private_key
+from bastion.audit.seal_keys import generate_seal_key, render_seal_private_key
+from bastion.audit.sealing import SealedField, Sealer
 from bastion.cli.audit_reader import current_os_user
 from bastion.cli.main import main
 from bastion.errors import StorageError
