@@ -80,7 +80,7 @@ async def _scenario(workdir: Path) -> tuple[Haystacks, list[dict[str, Any]], lis
     haystacks["sink copy"] = sink_path.read_bytes()
     haystacks["gateway stderr"] = gateway.stderr_path.read_bytes()
     haystacks["client replies"] = b"\n".join(orjson.dumps(r) for r in replies)
-    entries, _ = await read_log(gateway.db_path, ORIGIN)
+    entries, _ = await read_log(gateway.store_url, ORIGIN)
     return haystacks, replies, entries
 
 

@@ -1,6 +1,6 @@
 """Fail-closed under kill -9: every reply a client received is in the log, and the log verifies.
 
-A real ``python -m bastion serve`` subprocess (SQLite store, stdio echo upstream) takes concurrent
+A real ``python -m bastion serve`` subprocess (SQLite file or PostgreSQL store, stdio echo upstream) takes concurrent
 tools/call load from raw httpx clients and is SIGKILLed mid-load. The store is then opened
 directly: each received reply must have its request and response records (matched by session id,
 JSON-RPC id and outcome). One restart and clean stop signs a checkpoint over what survived, after
@@ -25,6 +25,7 @@ import httpx
 import orjson
 import pytest
 import yaml
+from tests.contract.backends import PERSISTENT_BACKENDS, provision
 from tests.e2e.gateway import PYTHON, ROOT, complete_config, echo_upstream, free_port, signing_key_file
 
 from bastion.audit.entry import LogEntry, StoredCheckpoint
@@ -58,8 +59,12 @@ class GatewayProcess:
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
+    def store_url(self) -> str:
+        return str(self.config["store"])
+
+    @property
     def db_path(self) -> Path:
-        return Path(self.config["store"].removeprefix("sqlite:///"))
+        return Path(self.store_url.removeprefix("sqlite:///"))
 
     async def start(self) -> None:
         """Spawn the gateway and return once /readyz answers 200 (bounded)."""
@@ -172,8 +177,8 @@ def outcome_of(reply: dict[str, Any]) -> str:
     return "ok"
 
 
-async def read_log(db_path: Path, origin: str) -> tuple[list[LogEntry], list[StoredCheckpoint]]:
-    store: AuditStore = await open_store(f"sqlite:///{db_path}")
+async def read_log(store_url: str, origin: str) -> tuple[list[LogEntry], list[StoredCheckpoint]]:
+    store: AuditStore = await open_store(store_url)
     try:
         entries = [entry async for entry in store.stream_entries(origin)]
         checkpoints = await store.fetch_checkpoints(origin, 0, 100_000)
@@ -213,15 +218,16 @@ async def drive(session: McpSession, client: int, load: Load) -> None:
             load.enough.set()
 
 
-@pytest.fixture
-async def gateway(tmp_path: Path) -> AsyncIterator[GatewayProcess]:
+@pytest.fixture(params=PERSISTENT_BACKENDS)
+async def gateway(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[GatewayProcess]:
     key_file = signing_key_file(str(tmp_path), "test-crash")
-    process = GatewayProcess({"upstreams": {"echo": echo_upstream("echo")},
-                              "audit": {"signing_key_file": key_file, "origin": "test-crash"}}, tmp_path)
-    try:
-        yield process
-    finally:
-        process.ensure_dead()
+    async with provision(request.param, tmp_path) as store_url:
+        process = GatewayProcess({"upstreams": {"echo": echo_upstream("echo")}, "store": store_url,
+                                  "audit": {"signing_key_file": key_file, "origin": "test-crash"}}, tmp_path)
+        try:
+            yield process
+        finally:
+            process.ensure_dead()
 
 
 async def test_every_received_reply_is_logged_and_the_log_verifies_when_the_gateway_is_killed_mid_load(
@@ -245,7 +251,7 @@ async def test_every_received_reply_is_logged_and_the_log_verifies_when_the_gate
     assert in_flight_at_kill > 0, "no request was on the wire when the gateway was killed"
 
     # 1. Every reply a client received has its request and response records.
-    entries, checkpoints = await read_log(gateway.db_path, origin)
+    entries, checkpoints = await read_log(gateway.store_url, origin)
     requests = {correlation(e)[:2] for e in entries if e.kind == "request"}
     responses = {correlation(e) for e in entries if e.kind == "response"}
     missing_requests = [r for r in load.received if r[:2] not in requests]
@@ -260,7 +266,7 @@ async def test_every_received_reply_is_logged_and_the_log_verifies_when_the_gate
     # 3. Restart once and stop cleanly: the log resumes, and a checkpoint signs everything.
     await gateway.start()
     assert await gateway.stop() in (0, -signal.SIGTERM)
-    entries, checkpoints = await read_log(gateway.db_path, origin)
+    entries, checkpoints = await read_log(gateway.store_url, origin)
     assert max(c.tree_size for c in checkpoints) == len(entries)
     assert [e.kind for e in entries[-2:]] == ["gateway_started", "gateway_stopped"]
     key = load_signing_key(path=Path(gateway.config["audit"]["signing_key_file"]))
