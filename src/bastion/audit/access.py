@@ -9,10 +9,13 @@ business (cli/audit_reader.py); the gateway's own reads go through ``AuditLog.se
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 import random
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any, Literal
 
+from bastion.audit import log as audit_log
 from bastion.audit.keys import SigningKey
 from bastion.audit.log import AuditLog, CheckpointPolicy, Receipt
 from bastion.audit.record import AuditEvent, EventKind
@@ -61,18 +64,32 @@ async def append_access_record(
     event = AuditEvent(kind=kind, subject=subject, auth_method=auth_method, detail=detail)
     receipt: Receipt | None = None
     problem = ""
-    for attempt in range(attempts):
-        if attempt:
-            await asyncio.sleep(backoff_s * 2 ** (attempt - 1) * random.uniform(0.5, 1.5))
-        try:
-            receipt = await _append_and_sign(store, origin, signing_key, event, receipt)
-        except StorageError as exc:
-            problem = str(exc.__cause__ or exc)  # the store's own words, e.g. the tree-size conflict
-            continue
-        if await _is_signed(store, origin, receipt.seq):
-            return receipt
-        problem = f"no signed checkpoint covers seq {receipt.seq} yet"
+    with _writer_errors_muted():
+        for attempt in range(attempts):
+            if attempt:
+                await asyncio.sleep(backoff_s * 2 ** (attempt - 1) * random.uniform(0.5, 1.5))
+            try:
+                receipt = await _append_and_sign(store, origin, signing_key, event, receipt)
+            except StorageError as exc:
+                problem = str(exc.__cause__ or exc)  # the store's own words, e.g. the tree-size conflict
+                continue
+            if await _is_signed(store, origin, receipt.seq):
+                return receipt
+            problem = f"no signed checkpoint covers seq {receipt.seq} yet"
     raise StorageError(f"cannot record the {kind.value} in origin {origin!r} after {attempts} attempts: {problem}")
+
+
+@contextlib.contextmanager
+def _writer_errors_muted() -> Iterator[None]:
+    """Hold back the writer's per-batch errors: a lost race is retried, and only the last failure
+    is the caller's to report (a CLI user would otherwise see errors before a success)."""
+    writer_log = logging.getLogger(audit_log.__name__)
+    level = writer_log.level
+    writer_log.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        writer_log.setLevel(level)
 
 
 async def _append_and_sign(
