@@ -31,6 +31,7 @@ from bastion.audit.keys import load_signing_key
 from bastion.audit.log import AuditLog
 from bastion.audit.record import AuditEvent, EventKind
 from bastion.audit.sealing import SealedField, build_sealer
+from bastion.audit.timestamping import CheckpointTimestamper, build_timestamper, read_tsa_certificates
 from bastion.config import Settings
 from bastion.console import console_router
 from bastion.errors import AuthenticationError
@@ -72,11 +73,12 @@ class Runtime:
     approvals: ApprovalService
     exit_stack: contextlib.AsyncExitStack
     console: Router
+    timestamper: CheckpointTimestamper | None = None
 
 
-def _gauges(gateway: Gateway, audit: AuditLog) -> list[tuple[str, str, float]]:
+def _gauges(gateway: Gateway, audit: AuditLog, timestamper: CheckpointTimestamper | None) -> list[tuple[str, str, float]]:
     stats = audit.stats
-    return [
+    gauges: list[tuple[str, str, float]] = [
         ("bastion_sessions", "Open MCP client sessions.", len(gateway.sessions)),
         ("bastion_upstream_restarts", "Upstream sessions re-established after a crash, summed over open sessions.",
          sum(link.restarts for s in gateway.sessions.values() for link in s.links.values())),
@@ -87,6 +89,11 @@ def _gauges(gateway: Gateway, audit: AuditLog) -> list[tuple[str, str, float]]:
         ("bastion_audit_checkpoints", "Signed checkpoints committed since start.", stats.checkpoints_committed),
         ("bastion_audit_tree_size", "Records in this origin's log.", audit.tree_size),
     ]
+    if timestamper is not None:
+        stamps = timestamper.stats
+        gauges.append(("bastion_audit_timestamps", "RFC 3161 tokens stored for checkpoints since start.", stamps.stamped))
+        gauges.append(("bastion_audit_timestamp_failures", "Failed RFC 3161 time-stamp requests since start.", stamps.failures))
+    return gauges
 
 
 def settings_sha256(settings: Settings) -> str:
@@ -109,13 +116,16 @@ async def _policy_source(settings: Settings, recorder: GatewayRecorder) -> tuple
 
 def preflight(settings: Settings) -> None:
     """Check what validation alone cannot: the signing key loads, policy regexes and CEL compile,
-    masking profiles resolve, the policy file (if any) is valid, the TLS files (if any) load.
+    masking profiles resolve, the policy file (if any) is valid, the TLS and TSA certificate files
+    (if any) load.
 
     Raises:
         ConfigError: naming what is wrong.
     """
     load_signing_key(path=settings.audit.signing_key_file, env_var=settings.audit.signing_key_env)
     build_sealer(settings.audit.seal_raw, settings.audit.origin)
+    if settings.audit.timestamping is not None and settings.audit.timestamping.ca_file is not None:
+        read_tsa_certificates(settings.audit.timestamping.ca_file)
     MaskingEngine(settings.masking)
     if settings.tls is not None:
         check_tls_files(settings.tls)
@@ -146,7 +156,10 @@ async def start_runtime(settings: Settings) -> Runtime:
     store = await open_store(settings.store)
     http_client = httpx.AsyncClient(timeout=10.0)
     audit = AuditLog.from_settings(store, settings.audit, http_client=http_client)
+    timestamper = build_timestamper(settings.audit.timestamping, store, http_client, settings.audit.origin)
     await audit.start()
+    if timestamper is not None:
+        await timestamper.start()
     await _record_mode_switch(store, audit, settings.audit.origin)
     masking = MaskingEngine(settings.masking)
     recorder = GatewayRecorder(audit, masking.masker(None))
@@ -179,7 +192,7 @@ async def start_runtime(settings: Settings) -> Runtime:
         ],
     )
     gateway = Gateway(settings, pipeline, UpstreamFactory(settings.upstreams), recorder)
-    metrics.add_gauges(lambda: _gauges(gateway, audit))
+    metrics.add_gauges(lambda: _gauges(gateway, audit, timestamper))
 
     async def authenticate(headers: Mapping[str, str], path: str, peer: str | None, cert_subject: str | None) -> Principal:
         return await authenticator.authenticate(headers, cert_subject, path=path, peer_host=peer)
@@ -204,7 +217,7 @@ async def start_runtime(settings: Settings) -> Runtime:
     )
     watcher_task = asyncio.create_task(watcher.run(), name="policy-watcher") if watcher is not None else None
     return Runtime(store, audit, http_client, authenticator, gateway, mcp, watcher_task, metrics, admin, approvals, exit_stack,
-                   console)
+                   console, timestamper)
 
 
 def _approval_service(settings: Settings, store: Store, audit: AuditLog, http_client: httpx.AsyncClient) -> ApprovalService:
@@ -237,6 +250,8 @@ async def stop_runtime(runtime: Runtime) -> None:
     with contextlib.suppress(Exception):
         await runtime.gateway.recorder.gateway(EventKind.GATEWAY_STOPPED, {"version": __version__})
     await runtime.audit.aclose()
+    if runtime.timestamper is not None:
+        await runtime.timestamper.aclose()  # after the final checkpoint, so that one is stamped too
     await runtime.store.aclose()
     await runtime.http_client.aclose()
 

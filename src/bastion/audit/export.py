@@ -1,8 +1,9 @@
 """The JSON Lines export of a log (``bastion-audit-export/1``): write, read and verify offline.
 
-An export holds records, checkpoints and, when it starts mid-log, the frontier before its first
-record; ``verify_export`` hands it to the offline verifier. Reading the store and the proof
-document are audit/reading.py's; deciding what the evidence means is the verifier's.
+An export holds records, checkpoints, their RFC 3161 time-stamp tokens and, when it starts
+mid-log, the frontier before its first record; ``verify_export`` hands it to the offline
+verifier. Reading the store and the proof document are audit/reading.py's; deciding what the
+evidence means is the verifier's.
 """
 
 from __future__ import annotations
@@ -26,13 +27,20 @@ from bastion.audit.checkpoint import (
     sign_checkpoint,
 )
 from bastion.audit.compact import Frontier, MalformedFrontierError
-from bastion.audit.entry import LogEntry, StoredCheckpoint
+from bastion.audit.entry import LogEntry, StoredCheckpoint, StoredTimestamp
 from bastion.audit.keys import KeyRing, VerifierKey, generate_signing_key
-from bastion.audit.reading import DEFAULT_OPTIONS, PAGE_RECORDS, EvidenceFormatError, fetch_all_checkpoints, field_of
+from bastion.audit.reading import (
+    DEFAULT_OPTIONS,
+    PAGE_RECORDS,
+    EvidenceFormatError,
+    fetch_all_checkpoints,
+    fetch_all_timestamps,
+    field_of,
+)
 from bastion.audit.record import render_time
 from bastion.errors import VerificationError
-from bastion.storage.base import AuditStore
-from bastion.verifier import Options, Problem, ProblemKind, Report, verify_log
+from bastion.storage.base import Store
+from bastion.verifier import Options, Problem, ProblemKind, Report, TimestampTrust, verify_log
 
 EXPORT_FORMAT = "bastion-audit-export/1"
 PREFIX_KEY_NAME = "bastion-export-prefix"
@@ -56,6 +64,7 @@ class ExportStats:
 
     records: int = 0
     checkpoints: int = 0
+    timestamps: int = 0
     origins: list[str] = field(default_factory=list)
 
 
@@ -94,8 +103,8 @@ def _start_frontier(checkpoints: list[StoredCheckpoint], first_seq: int) -> Fron
     return None
 
 
-async def write_export(store: AuditStore, origins: list[str], window: ExportWindow, out: IO[str]) -> ExportStats:
-    """Write the records of ``origins`` inside ``window`` and the checkpoints that sign them.
+async def write_export(store: Store, origins: list[str], window: ExportWindow, out: IO[str]) -> ExportStats:
+    """Write the records of ``origins`` inside ``window``, the checkpoints that sign them and their tokens.
 
     The record range is extended forward to the next checkpoint so every exported record is
     covered by a signature. When the window skips records at the start, a ``prefix`` line carries
@@ -121,9 +130,7 @@ async def write_export(store: AuditStore, origins: list[str], window: ExportWind
     return stats
 
 
-async def _export_origin(
-    store: AuditStore, origin: str, window: ExportWindow, out: IO[str], stats: ExportStats
-) -> None:
+async def _export_origin(store: Store, origin: str, window: ExportWindow, out: IO[str], stats: ExportStats) -> None:
     checkpoints = await fetch_all_checkpoints(store, origin)
     sizes = sorted({c.tree_size for c in checkpoints})
     before: Frontier | None = None  # frontier over the records the window skips
@@ -175,6 +182,20 @@ async def _export_origin(
                 },
             )
             stats.checkpoints += 1
+    for stamp in await fetch_all_timestamps(store.checkpoint_timestamps, origin, low):
+        if end is None or stamp.tree_size <= end:
+            _line(
+                out,
+                {
+                    "type": "timestamp",
+                    "origin": stamp.origin,
+                    "tree_size": stamp.tree_size,
+                    "tsa": stamp.tsa,
+                    "token": base64.b64encode(stamp.token).decode("ascii"),
+                    "gen_time": stamp.gen_time,
+                },
+            )
+            stats.timestamps += 1
 
 
 # -- reading and verifying an export -------------------------------------------------------------------
@@ -216,14 +237,29 @@ def _parse_entry(doc: dict[str, Any]) -> LogEntry:
     )
 
 
+def _parse_timestamp(doc: dict[str, Any]) -> StoredTimestamp:
+    try:
+        token = base64.b64decode(field_of(doc, "token", str), validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise EvidenceFormatError("timestamp line: token is not base64") from exc
+    return StoredTimestamp(
+        field_of(doc, "origin", str),
+        field_of(doc, "tree_size", int),
+        field_of(doc, "tsa", str),
+        token,
+        field_of(doc, "gen_time", str),
+    )
+
+
 @dataclass(slots=True)
 class ExportFile:
-    """An export's header, checkpoints and prefixes; records are streamed by ``entries()``."""
+    """An export's header, checkpoints, tokens and prefixes; records are streamed by ``entries()``."""
 
     path: Path
     origins: list[str]
     checkpoints: list[StoredCheckpoint]
     prefixes: dict[str, Frontier]
+    timestamps: list[StoredTimestamp] = field(default_factory=list)
 
     def entries(self, origins: set[str]) -> Iterator[LogEntry]:
         """Yield the records of ``origins`` in file order (a second pass over the file).
@@ -240,7 +276,7 @@ class ExportFile:
 
 
 def read_export(path: Path) -> ExportFile:
-    """Read an export's header, checkpoints and prefixes (records stay on disk).
+    """Read an export's header, checkpoints, tokens and prefixes (records stay on disk).
 
     Raises:
         EvidenceFormatError: the file is unreadable, has no header, or a line is malformed.
@@ -254,7 +290,7 @@ def read_export(path: Path) -> ExportFile:
                     raise EvidenceFormatError(f"first line is not a {EXPORT_FORMAT} header")
                 origins = field_of(doc, "origins", list)
                 export = ExportFile(path, [o for o in origins if isinstance(o, str)], [], {})
-            elif export is None or kind not in ("entry", "checkpoint", "prefix"):
+            elif export is None or kind not in ("entry", "checkpoint", "prefix", "timestamp"):
                 raise EvidenceFormatError(f"unknown line type {kind!r}")
             elif kind == "checkpoint":
                 export.checkpoints.append(
@@ -266,6 +302,8 @@ def read_export(path: Path) -> ExportFile:
                         field_of(doc, "time", str),
                     )
                 )
+            elif kind == "timestamp":
+                export.timestamps.append(_parse_timestamp(doc))
             elif kind == "prefix":
                 hashes = tuple(bytes.fromhex(h) for h in field_of(doc, "hashes", list))
                 export.prefixes[field_of(doc, "origin", str)] = Frontier(field_of(doc, "tree_size", int), hashes)
@@ -283,8 +321,9 @@ def verify_export(
     trusted: StoredCheckpoint | None = None,
     origins: list[str] | None = None,
     options: Options = DEFAULT_OPTIONS,
+    tsa: TimestampTrust | None = None,
 ) -> Report:
-    """Verify an export offline, streaming its records from disk.
+    """Verify an export offline, streaming its records from disk (and, with ``tsa``, its tokens).
 
     A ``prefix`` frontier (an export that starts mid-log) is given to the verifier as a retention
     checkpoint signed by a throw-away key added to the ring for this call only: the verifier then
@@ -300,7 +339,10 @@ def verify_export(
     ring, synthetic = keys, list[StoredCheckpoint]()
     if any(origin in wanted for origin in export.prefixes):
         ring = KeyRing([*keys, *_prefix_keys(export, wanted, synthetic)])
-    report = verify_log(export.entries(wanted), [*synthetic, *checkpoints], ring, trusted, options=options)
+    timestamps = [t for t in export.timestamps if t.origin in wanted]
+    report = verify_log(
+        export.entries(wanted), [*synthetic, *checkpoints], ring, trusted, options=options, timestamps=timestamps, tsa=tsa
+    )
     report.summary.checkpoints -= len(synthetic)
     for origin, frontier in export.prefixes.items():
         closing = [c for c in checkpoints if c.origin == origin and c.tree_size > frontier.size]

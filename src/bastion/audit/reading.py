@@ -10,19 +10,19 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from bastion.audit.checkpoint import parse_checkpoint, parse_checkpoint_time, parse_signed_note, verify_note
 from bastion.audit.compact import root_from_leaf_hashes
-from bastion.audit.entry import LogEntry, StoredCheckpoint
+from bastion.audit.entry import LogEntry, StoredCheckpoint, StoredTimestamp
 from bastion.audit.hashing import hash_leaf
 from bastion.audit.keys import KeyRing
 from bastion.audit.proof import compute_inclusion_proof, verify_inclusion
 from bastion.errors import BastionError, StorageError, VerificationError
-from bastion.storage.base import AuditStore
-from bastion.verifier import Options, Report, verify_log
+from bastion.storage.base import AuditStore, CheckpointTimestampStore, Store
+from bastion.verifier import Options, Report, TimestampTrust, verify_log
 
 PROOF_FORMAT = "bastion-inclusion-proof/1"
 PAGE_RECORDS = 1000
@@ -46,27 +46,48 @@ def field_of(doc: dict[str, Any], key: str, kind: type) -> Any:
     return value
 
 
-async def fetch_all_checkpoints(store: AuditStore, origin: str, min_tree_size: int = 0) -> list[StoredCheckpoint]:
-    """Return every checkpoint of ``origin`` with ``tree_size >= min_tree_size``, oldest first.
+SizedRow = TypeVar("SizedRow", StoredCheckpoint, StoredTimestamp)
 
-    Pages by tree size; heartbeats repeat a size, so a page that ends mid-size is re-read from
-    that size (and grown when one size fills a whole page).
 
-    Raises:
-        StorageError: the store cannot be read.
+async def _fetch_all_by_size(fetch_page: Callable[[int, int], Awaitable[list[SizedRow]]], start: int) -> list[SizedRow]:
+    """Page through rows ordered by tree size where one size may hold several rows.
+
+    A page that ends mid-size is re-read from that size (and grown when one size fills a whole page).
     """
-    found: list[StoredCheckpoint] = []
-    start, limit = min_tree_size, CHECKPOINT_PAGE
+    found: list[SizedRow] = []
+    limit = CHECKPOINT_PAGE
     while True:
-        page = await store.fetch_checkpoints(origin, start, limit)
+        page = await fetch_page(start, limit)
         if len(page) < limit:
             return found + page
         last = page[-1].tree_size
         if page[0].tree_size == last:
             limit *= 2
             continue
-        found += [c for c in page if c.tree_size < last]
+        found += [row for row in page if row.tree_size < last]
         start, limit = last, CHECKPOINT_PAGE
+
+
+async def fetch_all_checkpoints(store: AuditStore, origin: str, min_tree_size: int = 0) -> list[StoredCheckpoint]:
+    """Return every checkpoint of ``origin`` with ``tree_size >= min_tree_size``, oldest first.
+
+    Heartbeats repeat a size, so pages are cut by size.
+
+    Raises:
+        StorageError: the store cannot be read.
+    """
+    return await _fetch_all_by_size(lambda start, limit: store.fetch_checkpoints(origin, start, limit), min_tree_size)
+
+
+async def fetch_all_timestamps(
+    tokens: CheckpointTimestampStore, origin: str, min_tree_size: int = 0
+) -> list[StoredTimestamp]:
+    """Return every stored RFC 3161 token of ``origin`` with ``tree_size >= min_tree_size``, by size then TSA.
+
+    Raises:
+        StorageError: the store cannot be read.
+    """
+    return await _fetch_all_by_size(lambda start, limit: tokens.fetch_timestamps(origin, start, limit), min_tree_size)
 
 
 async def _pages(store: AuditStore, origins: list[str]) -> AsyncGenerator[list[LogEntry], None]:
@@ -94,24 +115,29 @@ def _blocking_entries(
 
 
 async def verify_store(
-    store: AuditStore,
+    store: Store,
     origins: list[str],
     keys: KeyRing,
     *,
     trusted: StoredCheckpoint | None = None,
     options: Options = DEFAULT_OPTIONS,
     on_progress: Callable[[int], None] | None = None,
+    tsa: TimestampTrust | None = None,
 ) -> Report:
     """Verify the logs of ``origins`` as stored, streaming records one page at a time.
 
-    The verifier runs in a worker thread so the loop stays free to fetch the next page.
+    The verifier runs in a worker thread so the loop stays free to fetch the next page. With
+    ``tsa``, the checkpoints' RFC 3161 tokens are read and verified too.
 
     Raises:
         StorageError: the store cannot be read (nothing is concluded about the log then).
     """
     checkpoints: list[StoredCheckpoint] = []
+    timestamps: list[StoredTimestamp] = []
     for origin in origins:
         checkpoints += await fetch_all_checkpoints(store, origin)
+        if tsa is not None:
+            timestamps += await fetch_all_timestamps(store.checkpoint_timestamps, origin)
     loop = asyncio.get_running_loop()
     pages = _pages(store, origins)
     try:
@@ -123,6 +149,8 @@ async def verify_store(
             trusted,
             on_progress,
             options=options,
+            timestamps=timestamps,
+            tsa=tsa,
         )
     finally:
         await pages.aclose()

@@ -1,8 +1,9 @@
 """The ``audit:`` section of the configuration file, validated once at load time.
 
 Owns the audit settings model and its defaults (mode, checkpoint cadence, signing key source,
-witnesses, origin, sealed raw values). Reading keys, building witnesses, the sealer and the writer
-is audit/{log,sealing}.py's and the app factory's business; ``${ENV}`` expansion is the loader's.
+witnesses, RFC 3161 timestamping, origin, sealed raw values). Reading keys, building witnesses,
+the timestamper, the sealer and the writer is audit/{log,timestamping,sealing}.py's and the app
+factory's business; ``${ENV}`` expansion is the loader's.
 """
 
 from __future__ import annotations
@@ -51,6 +52,38 @@ class WitnessSettings(_Section):
     s3: S3WitnessSettings | None = None
 
 
+class TimestampingSettings(_Section):
+    """RFC 3161 time-stamping authorities that countersign checkpoints (audit/timestamping.py); absent means off.
+
+    Each TSA stamps the newest checkpoint once it is durable, off the write path: a failing TSA is
+    counted, logged and retried with backoff, and never delays or refuses a call.
+    """
+
+    urls: list[HttpUrl] = Field(
+        min_length=1, description="TSA endpoints (RFC 3161 over HTTP POST); each stamps checkpoints independently of the others."
+    )
+    timeout_s: float = Field(default=10.0, gt=0, description="Time allowed for one TSA request.")
+    ca_file: Path | None = Field(
+        default=None,
+        description="PEM bundle of the TSAs' root (and intermediate) certificates; when set, a token must verify "
+        "against it before it is stored.",
+    )
+    policy_oid: str | None = Field(
+        default=None,
+        pattern=r"^[0-2](\.(0|[1-9][0-9]*))+$",
+        description="When set, tokens issued under any other TSA policy are refused.",
+    )
+    require: bool = Field(
+        default=False,
+        description="Only how a failure is logged: as an error when true, as a warning when false. "
+        "Timestamping never blocks or refuses calls.",
+    )
+    poll_s: float = Field(default=1.0, gt=0, description="How often the store is checked for a newer checkpoint.")
+    retry_max_s: float = Field(
+        default=300.0, gt=0, description="Longest wait before retrying a failing TSA (the wait doubles from poll_s)."
+    )
+
+
 class SealRawSettings(_Section):
     """Raw (unmasked) values stored encrypted for auditors (audit/sealing.py); absent means never stored."""
 
@@ -84,6 +117,8 @@ class AuditSettings(_Section):
     witnesses: WitnessSettings = WitnessSettings()
     sinks: list[SinkSettings] = []
     """Where copies of committed records are streamed (JSON Lines, OTLP, syslog); best-effort."""
+    timestamping: TimestampingSettings | None = None
+    """RFC 3161 time-stamps of checkpoints from independent TSAs; off (None) by default."""
     seal_raw: SealRawSettings | None = None
     """Store raw arguments/results encrypted to auditor keys; off (None) by default."""
 

@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 
 from bastion.audit.keys import KeyRing, SigningKey, load_signing_key, parse_key_ring
 from bastion.errors import BastionError, ConfigError
-from bastion.storage import AuditStore, open_store
+from bastion.storage import Store, open_store
 
 T = TypeVar("T")
 _UNSAFE = re.compile("[\\\\\x00-\x1f\x7f-\x9f\u200e\u200f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
@@ -86,7 +86,7 @@ def load_ring(path: str) -> KeyRing:
     return ring
 
 
-async def with_store(url: str, work: Callable[[AuditStore], Awaitable[T]]) -> T:
+async def with_store(url: str, work: Callable[[Store], Awaitable[T]]) -> T:
     """Open the store at ``url``, run ``work`` on it and close it."""
     store = await open_store(url)
     try:

@@ -30,7 +30,7 @@ from bastion.cli.audit_reader import (
     run_recorded,
 )
 from bastion.errors import StorageError
-from bastion.storage import AuditStore, RecordQuery
+from bastion.storage import AuditStore, RecordQuery, Store
 
 
 def register(sub: Any) -> None:
@@ -195,7 +195,7 @@ def run_export(args: argparse.Namespace) -> int:
     except OSError as exc:
         raise BadInputError(f"cannot create {args.out}: {exc.strerror}") from exc
 
-    async def work(store: AuditStore) -> export.ExportStats:
+    async def work(store: Store) -> export.ExportStats:
         origins = requested or await store.fetch_origins()
         if not origins:
             raise BadInputError("the store holds no audit log")
@@ -210,8 +210,9 @@ def run_export(args: argparse.Namespace) -> int:
     except BaseException:
         Path(args.out).unlink(missing_ok=True)  # never leave a partial or unrecorded export behind
         raise
+    stamps = f" ({stats.timestamps} RFC 3161 time-stamp tokens)" if stats.timestamps else ""
     print(
-        f"exported {stats.records} records and {stats.checkpoints} checkpoints of "
+        f"exported {stats.records} records and {stats.checkpoints} checkpoints{stamps} of "
         f"{', '.join(escape(o) for o in stats.origins)} to {escape(args.out)}",
         file=sys.stderr,
     )

@@ -19,6 +19,7 @@ from bastion.audit import export, reading
 from bastion.audit.checkpoint import MalformedNoteError, parse_checkpoint, parse_signed_note
 from bastion.audit.entry import StoredCheckpoint
 from bastion.audit.keys import KeyRing
+from bastion.audit.timestamping import read_tsa_certificates
 from bastion.cli._audit_shared import (
     BadInputError,
     add_origins,
@@ -31,8 +32,9 @@ from bastion.cli._audit_shared import (
 )
 from bastion.cli._store import resolve_store_url
 from bastion.errors import ConfigError, StorageError, VerificationError
-from bastion.storage import AuditStore
-from bastion.verifier import Options, Report
+from bastion.storage import Store
+from bastion.verifier import Options, Report, TimestampTrust
+from bastion.verifier.timestamps import DEFAULT_TOLERANCE_S
 
 
 def register(sub: Any) -> None:
@@ -43,6 +45,17 @@ def register(sub: Any) -> None:
     source.add_argument("--export", help="JSON Lines file written by 'bastion audit export'")
     p.add_argument("--keys", required=True, help="key ring file: one vkey per line, optional from=/until=")
     p.add_argument("--trusted", help="a signed checkpoint obtained independently (e.g. from a witness)")
+    p.add_argument(
+        "--tsa-certs",
+        metavar="FILE",
+        help="PEM bundle of trusted TSA root certificates: verify every stored RFC 3161 token against it",
+    )
+    p.add_argument(
+        "--tsa-tolerance-seconds",
+        type=float,
+        default=DEFAULT_TOLERANCE_S,
+        help="how much later than a token's TSA time its checkpoint may be dated (default: %(default)s)",
+    )
     add_origins(p)
     p.add_argument("--max-gap-records", type=int, default=reading.DEFAULT_OPTIONS.max_records_between_checkpoints)
     p.add_argument("--max-gap-seconds", type=float, default=reading.DEFAULT_OPTIONS.max_seconds_between_checkpoints)
@@ -88,6 +101,11 @@ def run_verify(args: argparse.Namespace) -> int:
     try:
         ring = load_ring(args.keys)
         trusted = _load_trusted(args.trusted) if args.trusted else None
+        tsa = (
+            TimestampTrust(tuple(read_tsa_certificates(Path(args.tsa_certs))), args.tsa_tolerance_seconds)
+            if args.tsa_certs
+            else None
+        )
         options = Options(
             max_records_between_checkpoints=args.max_gap_records,
             max_seconds_between_checkpoints=args.max_gap_seconds,
@@ -95,14 +113,16 @@ def run_verify(args: argparse.Namespace) -> int:
         )
         if args.export:
             report = export.verify_export(
-                Path(args.export), ring, trusted=trusted, origins=args.origin, options=options
+                Path(args.export), ring, trusted=trusted, origins=args.origin, options=options, tsa=tsa
             )
         else:
             origins = list(dict.fromkeys(args.origin))
             if origins and trusted is not None and trusted.origin not in origins:
                 origins.append(trusted.origin)
             report = run(
-                with_store(resolve_store_url(args), lambda store: _verify_store(store, origins, ring, trusted, options))
+                with_store(
+                    resolve_store_url(args), lambda store: _verify_store(store, origins, ring, trusted, options, tsa)
+                )
             )
     except (ConfigError, StorageError, reading.EvidenceFormatError) as exc:
         return fail_input(exc)
@@ -111,7 +131,12 @@ def run_verify(args: argparse.Namespace) -> int:
 
 
 async def _verify_store(
-    store: AuditStore, origins: list[str], ring: KeyRing, trusted: StoredCheckpoint | None, options: Options
+    store: Store,
+    origins: list[str],
+    ring: KeyRing,
+    trusted: StoredCheckpoint | None,
+    options: Options,
+    tsa: TimestampTrust | None,
 ) -> Report:
     # Without --origin an auditor means "everything": every origin the store holds.
     origins = origins or await store.fetch_origins()
@@ -122,7 +147,9 @@ async def _verify_store(
             raise BadInputError(f"nothing is stored for origin {origin!r}; name the origins with --origin")
     progress = _Progress(await reading.count_records(store, origins)) if sys.stderr.isatty() else None
     try:
-        return await reading.verify_store(store, origins, ring, trusted=trusted, options=options, on_progress=progress)
+        return await reading.verify_store(
+            store, origins, ring, trusted=trusted, options=options, on_progress=progress, tsa=tsa
+        )
     finally:
         if progress is not None:
             progress.close()

@@ -3,7 +3,7 @@
 Owns the ``AuditStore`` protocol, the per-origin ``LogHead`` (tree size + Merkle frontier, written
 in the same transaction as the records it covers), search queries and the columns a record is
 indexed by. It knows nothing about SQL; ``storage/sqlite.py`` and ``storage/postgres.py`` implement it.
-Later concerns (approvals, API keys, tool pins) add their own protocols here plus migrations.
+Later concerns (approvals, API keys, tool pins, checkpoint time-stamps) add their own protocols plus migrations.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import orjson
 
-from bastion.audit.entry import LogEntry, StoredCheckpoint
+from bastion.audit.entry import LogEntry, StoredCheckpoint, StoredTimestamp
 from bastion.errors import StorageError
 
 if TYPE_CHECKING:
@@ -204,6 +204,27 @@ class AuditStore(Protocol):
         """Finish pending writes and release connections and threads."""
 
 
+class CheckpointTimestampStore(Protocol):
+    """RFC 3161 tokens over stored checkpoints (audit/timestamping.py): at most one per origin, tree size and TSA.
+
+    Every method raises ``StorageError`` when the store cannot answer.
+    """
+
+    async def store_timestamp(self, stamp: StoredTimestamp) -> None:
+        """Keep a token; an earlier one is never replaced.
+
+        Raises:
+            StorageError: a token of this origin, tree size and TSA is stored already, or the write failed.
+        """
+
+    async def fetch_timestamps(self, origin: str, min_tree_size: int = 0, limit: int = 1000) -> list[StoredTimestamp]:
+        """Return tokens with ``tree_size >= min_tree_size``, by tree size then TSA."""
+        ...
+
+    async def fetch_latest_timestamp(self, origin: str, tsa: str) -> StoredTimestamp | None:
+        """Return the token of the largest tree size ``tsa`` stamped, or None."""
+
+
 class Store(AuditStore, Protocol):
     """What ``open_store`` opens: the audit log plus one object per other concern on the same connections."""
 
@@ -220,6 +241,11 @@ class Store(AuditStore, Protocol):
     @property
     def approvals(self) -> ApprovalStore:
         """Held calls awaiting human approval and time-box grants (``approval/store.py``)."""
+        ...
+
+    @property
+    def checkpoint_timestamps(self) -> CheckpointTimestampStore:
+        """RFC 3161 tokens over checkpoints (``audit/timestamping.py``)."""
         ...
 
 

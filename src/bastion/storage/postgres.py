@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from bastion.storage.postgres_approvals import PostgresApprovalStore
     from bastion.storage.postgres_keys import PostgresApiKeyStore
     from bastion.storage.postgres_pins import PostgresToolPinStore
+    from bastion.storage.postgres_timestamps import PostgresCheckpointTimestampStore
 
 _SCHEMA_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 _MIGRATION_LOCK = 0x6261_7374  # "bast": serialises migrations of concurrent gateway starts
@@ -116,6 +117,13 @@ class PostgresStore:
         from bastion.storage.postgres_approvals import PostgresApprovalStore  # imports _translated from here
 
         return PostgresApprovalStore(self._pool)
+
+    @cached_property
+    def checkpoint_timestamps(self) -> PostgresCheckpointTimestampStore:
+        """The ``CheckpointTimestampStore`` of this database, on this store's pool."""
+        from bastion.storage.postgres_timestamps import PostgresCheckpointTimestampStore  # imports _translated
+
+        return PostgresCheckpointTimestampStore(self._pool)
 
     async def _fetch(self, context: str, sql: str, *params: Any) -> list[asyncpg.Record]:
         with _translated(context):

@@ -2,6 +2,7 @@
 
 from bastion.verifier.origin import Options
 from bastion.verifier.report import Problem, ProblemKind, Report, Summary
+from bastion.verifier.timestamps import TimestampTrust
 from bastion.verifier.verify import verify_log
 
-__all__ = ["Options", "Problem", "ProblemKind", "Report", "Summary", "verify_log"]
+__all__ = ["Options", "Problem", "ProblemKind", "Report", "Summary", "TimestampTrust", "verify_log"]

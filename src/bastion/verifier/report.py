@@ -46,6 +46,10 @@ class ProblemKind(Enum):
     """More records or more time than allowed went by without a signed checkpoint."""
     TRUSTED_UNVERIFIABLE = "TRUSTED_UNVERIFIABLE"
     """The trusted checkpoint lies before the retention point, so retained records cannot reach it."""
+    BAD_TIMESTAMP = "BAD_TIMESTAMP"
+    """A checkpoint's RFC 3161 token is malformed, altered, or not signed by a trusted TSA."""
+    TIMESTAMP_MISMATCH = "TIMESTAMP_MISMATCH"
+    """A genuine RFC 3161 token is over no stored note of its checkpoint, or that checkpoint is dated after the TSA time."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,6 +71,10 @@ class Summary:
     origins: list[str] = field(default_factory=list)
     first_time: str | None = None
     last_time: str | None = None
+    timestamped_checkpoints: int | None = None
+    """Checkpoints carrying at least one verified RFC 3161 token; None when tokens were not checked."""
+    latest_timestamp: str | None = None
+    """The latest genTime among verified tokens."""
 
 
 @dataclass(slots=True)
@@ -87,8 +95,13 @@ class Report:
         lines = [
             f"records: {s.records}  checkpoints: {s.checkpoints}  origins: {', '.join(_escape(o) for o in s.origins)}",
             f"time: {_escape(s.first_time or '-')} .. {_escape(s.last_time or '-')}",
-            "result: OK" if self.ok else f"result: FAILED ({len(self.problems)} problems)",
         ]
+        if s.timestamped_checkpoints is not None:
+            lines.append(
+                f"timestamps: {s.timestamped_checkpoints} checkpoints carry a verified RFC 3161 token, "
+                f"latest TSA time {_escape(s.latest_timestamp or '-')}"
+            )
+        lines.append("result: OK" if self.ok else f"result: FAILED ({len(self.problems)} problems)")
         for p in self.problems:
             lines.append(f"{p.kind.value} origin={_escape(p.origin)} position={p.position}: {_escape(p.reason)}")
         return "\n".join(lines) + "\n"
@@ -103,6 +116,8 @@ class Report:
                 "origins": self.summary.origins,
                 "first_time": self.summary.first_time,
                 "last_time": self.summary.last_time,
+                "timestamped_checkpoints": self.summary.timestamped_checkpoints,
+                "latest_timestamp": self.summary.latest_timestamp,
             },
             "problems": [
                 {"kind": p.kind.value, "origin": p.origin, "position": p.position, "reason": p.reason}

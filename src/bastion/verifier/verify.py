@@ -1,10 +1,10 @@
 """The offline audit-log verifier: records + checkpoints + public keys in, a Report out.
 
 Owns the order of checks and how evidence maps to a problem kind (the checklist below). It
-imports only bastion.audit.{canonical,hashing,compact,proof,checkpoint,keys,entry} and
-bastion.errors: no storage, no network, no clock unless the caller passes ``Options.now``.
+imports only bastion.audit.{canonical,hashing,compact,proof,checkpoint,keys,entry,timestamp_token}
+and bastion.errors: no storage, no network, no clock unless the caller passes ``Options.now``.
 
-Checklist (the step numbers tag the code in checkpoints.py (a)-(d) and origin.py (1)-(8)):
+Checklist (the step numbers tag the code in checkpoints.py (a)-(d), origin.py (1)-(8) and timestamps.py (9a)-(9c)):
 
  0. Open every stored checkpoint first (checkpoints.py): (a) malformed note -> MALFORMED_CHECKPOINT;
     (b) no signature from a ring key -> UNKNOWN_KEY, a ring key's signature fails -> BAD_SIGNATURE,
@@ -43,17 +43,23 @@ Checklist (the step numbers tag the code in checkpoints.py (a)-(d) and origin.py
     tail over either limit -> CHECKPOINT_GAP.
  8. Tail: a checkpoint (or the trusted one) larger than the records present -> TRUNCATED_TAIL at the first
     missing seq.
+ 9. RFC 3161 tokens, only when the auditor gives TSA certificates (timestamps.py), at the token's tree size:
+    (9a) malformed, altered, or not chaining to those certificates (with the timeStamping key purpose)
+    -> BAD_TIMESTAMP; (9b) a genuine token whose imprint is SHA-256 of no note stored at that size, or
+    (9c) whose checkpoint's ``bastion-time`` is later than the token's genTime plus the tolerance
+    -> TIMESTAMP_MISMATCH. A checkpoint without a token is no problem: timestamping is best-effort.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 
-from bastion.audit.entry import LogEntry, StoredCheckpoint
+from bastion.audit.entry import LogEntry, StoredCheckpoint, StoredTimestamp
 from bastion.audit.keys import KeyRing
 from bastion.verifier.checkpoints import OpenedCheckpoint, open_checkpoint
 from bastion.verifier.origin import Options, OriginWalk
 from bastion.verifier.report import Problem, Report, Summary
+from bastion.verifier.timestamps import TimestampCheck, TimestampTrust, render_gen_time
 
 PROGRESS_EVERY_RECORDS = 10_000
 DEFAULT_OPTIONS = Options()
@@ -67,15 +73,19 @@ def verify_log(
     on_progress: Callable[[int], None] | None = None,
     *,
     options: Options = DEFAULT_OPTIONS,
+    timestamps: Iterable[StoredTimestamp] = (),
+    tsa: TimestampTrust | None = None,
 ) -> Report:
     """Verify a log offline and return what was found (``Report.ok`` when nothing was).
 
     Preconditions: ``entries`` yields each origin's rows in stored seq order (origins may be
     interleaved); ``keys`` holds the log keys the auditor trusts, with their validity windows.
+    ``timestamps`` are checked only when ``tsa`` names the TSA certificates the auditor trusts.
     Never raises for bad log content: every finding becomes a ``Problem``.
     """
     problems: list[Problem] = []
     summary = Summary()
+    stamps = TimestampCheck(tsa) if tsa is not None else None
     # (0) checkpoints, grouped by their signed origin.
     opened: dict[str, list[OpenedCheckpoint]] = {}
     for stored in checkpoints:
@@ -84,6 +94,8 @@ def verify_log(
         problems.extend(found)
         if checkpoint is not None:
             opened.setdefault(checkpoint.checkpoint.origin, []).append(checkpoint)
+        if stamps is not None:
+            stamps.add_checkpoint(stored, checkpoint.signed_at if checkpoint is not None else None)
     trusted_opened: OpenedCheckpoint | None = None
     if trusted is not None:
         trusted_opened, found = open_checkpoint(trusted, keys)
@@ -115,6 +127,12 @@ def verify_log(
         walks[origin].finish()
         problems.extend(walks[origin].problems)
     summary.origins = sorted(walks)
+    # (9) tokens on checkpoints.
+    if stamps is not None:
+        findings = stamps.check(timestamps)
+        problems.extend(findings.problems)
+        summary.timestamped_checkpoints = findings.timestamped_checkpoints
+        summary.latest_timestamp = render_gen_time(findings.latest) if findings.latest is not None else None
     if on_progress is not None:
         on_progress(summary.records)
     return Report(summary, problems)
