@@ -8,19 +8,17 @@ PostgreSQL for readers racing on one origin.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import sqlite3
-import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import asyncpg
 import pytest
 import yaml
+from tests.contract.backends import provision
 
 from bastion.audit import reading
 from bastion.audit.access import append_access_record
@@ -43,7 +41,6 @@ AUDITOR = generate_seal_key("alice")
 SECRET = {"text": "card 4111 1111 1111 1111"}
 SEALED_SEQ = 8
 WAIT_S = 10.0
-PG_DSN = "postgresql://postgres@127.0.0.1:5432/test"
 """As in tests/contract/backends.py (not imported: this directory is not a package)."""
 
 
@@ -360,23 +357,6 @@ class RacingStore:
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._store, name)
-
-
-@contextlib.asynccontextmanager
-async def provision(backend: str, tmp_path: Path) -> AsyncIterator[str]:
-    """A store URL: a SQLite file, or a fresh PostgreSQL schema dropped on exit."""
-    if backend == "sqlite-file":
-        yield f"sqlite:///{tmp_path / 'store.db'}"
-        return
-    schema = f"cli_{uuid.uuid4().hex[:16]}"
-    try:
-        yield f"{PG_DSN}?schema={schema}"
-    finally:
-        conn = await asyncpg.connect(PG_DSN)
-        try:
-            await conn.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
-        finally:
-            await conn.close()
 
 
 @pytest.mark.anyio
