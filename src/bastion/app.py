@@ -46,7 +46,7 @@ from bastion.stages.approval import ApprovalStage, ApprovalStageOptions
 from bastion.stages.audit import AuditStage, GatewayRecorder
 from bastion.stages.confirmation import UserConfirmationStage
 from bastion.stages.masking import MaskingStage
-from bastion.stages.metrics import Metrics, MetricsStage
+from bastion.stages.metrics import GaugeReading, Metrics, MetricsStage
 from bastion.stages.pinning import ToolPinning
 from bastion.stages.policy import PolicyStage
 from bastion.storage import RecordQuery, Store, open_store
@@ -76,23 +76,42 @@ class Runtime:
     timestamper: CheckpointTimestamper | None = None
 
 
-def _gauges(gateway: Gateway, audit: AuditLog, timestamper: CheckpointTimestamper | None) -> list[tuple[str, str, float]]:
+def _gauges(
+    gateway: Gateway, audit: AuditLog, timestamper: CheckpointTimestamper | None
+) -> list[GaugeReading]:
     stats = audit.stats
-    gauges: list[tuple[str, str, float]] = [
-        ("bastion_sessions", "Open MCP client sessions.", len(gateway.sessions)),
-        ("bastion_upstream_restarts", "Upstream sessions re-established after a crash, summed over open sessions.",
-         sum(link.restarts for s in gateway.sessions.values() for link in s.links.values())),
-        ("bastion_audit_records_committed", "Audit records made durable since start.", stats.records_committed),
-        ("bastion_audit_batches_committed", "Audit group commits since start.", stats.batches_committed),
-        ("bastion_audit_records_lost", "Audit records lost in best_effort mode since start.", stats.records_lost),
-        ("bastion_audit_store_failures", "Failed audit store writes since start.", stats.store_failures),
-        ("bastion_audit_checkpoints", "Signed checkpoints committed since start.", stats.checkpoints_committed),
-        ("bastion_audit_tree_size", "Records in this origin's log.", audit.tree_size),
+    gauges = [
+        GaugeReading("bastion_sessions", "Open MCP client sessions.", len(gateway.sessions)),
+        GaugeReading("bastion_upstream_restarts", "Upstream sessions re-established after a crash, summed over open sessions.",
+                     sum(link.restarts for s in gateway.sessions.values() for link in s.links.values())),
+        GaugeReading("bastion_audit_records_committed", "Audit records made durable since start.", stats.records_committed),
+        GaugeReading("bastion_audit_batches_committed", "Audit group commits since start.", stats.batches_committed),
+        GaugeReading("bastion_audit_records_lost", "Audit records lost in best_effort mode since start.", stats.records_lost),
+        GaugeReading("bastion_audit_store_failures", "Failed audit store writes since start.", stats.store_failures),
+        GaugeReading("bastion_audit_checkpoints", "Signed checkpoints committed since start.", stats.checkpoints_committed),
+        GaugeReading("bastion_audit_tree_size", "Records in this origin's log.", audit.tree_size),
     ]
+    witnesses = audit.witness_stats
+    if witnesses is not None:
+        gauges += [
+            GaugeReading("bastion_audit_witness_delivered", "Checkpoint copies a witness accepted since start.", witnesses.delivered),
+            GaugeReading("bastion_audit_witness_failures", "Checkpoint copies a witness refused or timed out on.", witnesses.failures),
+            GaugeReading("bastion_audit_witness_dropped", "Checkpoints not offered to witnesses: queue full.", witnesses.dropped),
+        ]
+    for sink in audit.sinks.sinks if audit.sinks is not None else ():
+        label = (("sink", sink.name),)
+        gauges += [
+            GaugeReading("bastion_audit_sink_records_sent", "Records a sink delivered since start.", sink.stats.records_sent, label),
+            GaugeReading("bastion_audit_sink_records_dropped", "Records a sink dropped (buffer full, failure, shutdown).",
+                         sink.stats.records_dropped, label),
+            GaugeReading("bastion_audit_sink_delivery_failures", "Failed sink deliveries since start.",
+                         sink.stats.delivery_failures, label),
+        ]
     if timestamper is not None:
         stamps = timestamper.stats
-        gauges.append(("bastion_audit_timestamps", "RFC 3161 tokens stored for checkpoints since start.", stamps.stamped))
-        gauges.append(("bastion_audit_timestamp_failures", "Failed RFC 3161 time-stamp requests since start.", stamps.failures))
+        gauges.append(GaugeReading("bastion_audit_timestamps", "RFC 3161 tokens stored for checkpoints since start.", stamps.stamped))
+        gauges.append(GaugeReading("bastion_audit_timestamp_failures", "Failed RFC 3161 time-stamp requests since start.",
+                                   stamps.failures))
     return gauges
 
 

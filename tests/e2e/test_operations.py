@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import signal
 import subprocess
 import sys
@@ -15,7 +16,14 @@ import pytest
 import yaml
 from mcp.client.client import Client
 from mcp.shared.exceptions import MCPError
-from tests.e2e.gateway import complete_config, echo_upstream, free_port, open_raw_session, running_gateway
+from tests.e2e.gateway import (
+    complete_config,
+    echo_upstream,
+    free_port,
+    open_raw_session,
+    running_gateway,
+    signing_key_file,
+)
 
 from bastion.jsonrpc import codes
 from bastion.storage import RecordQuery, open_store
@@ -55,6 +63,35 @@ async def test_health_ready_and_metrics_report_state_when_gateway_runs() -> None
     assert 'bastion_requests_total{method="tools/call",outcome="ok",upstream="alpha"} 1.0' in text
     assert "bastion_audit_records_committed" in text
     assert "bastion_request_seconds_bucket" in text
+
+
+async def test_metrics_count_witness_copies_and_sink_deliveries_when_both_are_configured(tmp_path: Path) -> None:
+    key_file = signing_key_file(str(tmp_path), "test-metrics")
+    config = {
+        "upstreams": {"alpha": echo_upstream("alpha")},
+        "audit": {"signing_key_file": key_file, "origin": "test-metrics", "checkpoint_every_records": 2,
+                  "witnesses": {"directory": str(tmp_path / "witness")},
+                  "sinks": [{"type": "jsonl", "name": "siem-file", "path": str(tmp_path / "records.jsonl")}]},
+    }
+    with running_gateway(config, workdir=str(tmp_path)) as base:
+        async with Client(f"{base}/servers/alpha/mcp") as client:
+            await client.call_tool("echo", {"text": "x"})
+        async with httpx.AsyncClient() as http:
+            for _ in range(100):  # both deliver off the call path: wait until they caught up (bounded)
+                text = (await http.get(f"{base}/metrics")).text
+                found = {name: float(value) for name, value in re.findall(r"^(bastion_audit_\w+)(?:\{[^}]*\})? (\S+)$",
+                                                                          text, re.MULTILINE)}
+                caught_up = (found["bastion_audit_witness_delivered"] == found["bastion_audit_checkpoints"]
+                             and found["bastion_audit_sink_records_sent"] == found["bastion_audit_records_committed"])
+                if caught_up:
+                    break
+                await asyncio.sleep(0.05)
+    assert caught_up, text
+    assert found["bastion_audit_checkpoints"] >= 2 and found["bastion_audit_records_committed"] >= 5
+    copies = len(list((tmp_path / "witness").rglob("*.note")))
+    assert copies == found["bastion_audit_witness_delivered"] + 1  # and the closing checkpoint, after the read
+    assert 'bastion_audit_sink_records_dropped{sink="siem-file"} 0.0' in text
+    assert "bastion_audit_witness_failures 0.0" in text
 
 
 async def test_traceparent_is_recorded_when_client_sends_one(tmp_path: Path) -> None:

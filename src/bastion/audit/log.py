@@ -29,7 +29,7 @@ from bastion.audit.keys import SigningKey, load_signing_key
 from bastion.audit.record import AuditEvent, EventKind, render_body, render_time
 from bastion.audit.settings import AuditMode, AuditSettings
 from bastion.audit.sinks import SinkFanout, build_sinks
-from bastion.audit.witness import WitnessFanout, build_witnesses
+from bastion.audit.witness import WitnessFanout, WitnessStats, build_witnesses
 from bastion.errors import ConfigError, StorageError
 from bastion.storage.base import AppendBatch, AuditStore, LogHead, RecordQuery, SearchColumns
 
@@ -152,6 +152,11 @@ class AuditLog:
     def mode(self) -> AuditMode:
         """The current failure mode."""
         return self._mode
+
+    @property
+    def witness_stats(self) -> WitnessStats | None:
+        """Delivery counters of the checkpoint witnesses, or None without witnesses."""
+        return self._witnesses.stats if self._witnesses is not None else None
 
     @property
     def tree_size(self) -> int:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable
-from typing import ClassVar
+from typing import ClassVar, NamedTuple
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric
@@ -37,18 +37,33 @@ class Metrics:
             ["upstream", "method"], buckets=_BUCKETS_S, registry=self.registry,
         )
 
-    def add_gauges(self, read: Callable[[], Iterable[tuple[str, str, float]]]) -> None:
-        """Expose values read at scrape time: (name, help, value) triples."""
+    def add_gauges(self, read: Callable[[], Iterable[GaugeReading]]) -> None:
+        """Expose values read at scrape time."""
         self.registry.register(_GaugeCollector(read))
 
 
+class GaugeReading(NamedTuple):
+    """One value read at scrape time; readings that share a name are one family, told apart by labels."""
+
+    name: str
+    help: str
+    value: float
+    labels: tuple[tuple[str, str], ...] = ()
+
+
 class _GaugeCollector(Collector):
-    def __init__(self, read: Callable[[], Iterable[tuple[str, str, float]]]) -> None:
+    def __init__(self, read: Callable[[], Iterable[GaugeReading]]) -> None:
         self._read = read
 
     def collect(self) -> Iterable[Metric]:
-        for name, help_text, value in self._read():
-            yield GaugeMetricFamily(name, help_text, value=value)
+        families: dict[str, GaugeMetricFamily] = {}
+        for reading in self._read():
+            family = families.get(reading.name)
+            if family is None:
+                family = GaugeMetricFamily(reading.name, reading.help, labels=[k for k, _ in reading.labels])
+                families[reading.name] = family
+            family.add_metric([v for _, v in reading.labels], reading.value)
+        yield from families.values()
 
 
 class MetricsStage:
