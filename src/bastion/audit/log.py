@@ -291,8 +291,9 @@ class AuditLog:
         if not self._healthy:
             try:
                 await self._recover()
-            except StorageError as exc:
-                self._fail(self._take_batch()[0], exc)
+            except Exception as exc:  # the store's head is unreadable or malformed: refuse, retry next batch
+                failure = exc if isinstance(exc, StorageError) else StorageError(f"cannot reload the log head: {exc}")
+                self._fail(self._take_batch()[0], failure)
                 return
         batch, frontier = self._take_batch()
         try:

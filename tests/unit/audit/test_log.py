@@ -340,6 +340,25 @@ async def test_one_loss_record_precedes_staged_records_when_best_effort_failures
     assert [r.seq for r in receipts[1:]] == [1, 2, 3]
 
 
+async def test_waiters_are_refused_not_stranded_when_the_head_cannot_be_reloaded(store: FlakyStore, key: SigningKey) -> None:
+    log = make_log(store, key)
+    await log.start()
+    store.fail_next_batches = 1
+    with pytest.raises(StorageError):
+        await asyncio.wait_for(log.append(event(0)), WAIT_S)
+    reload_head = store.inner.fetch_head
+
+    async def malformed_head(origin: str) -> Any:
+        store.fetch_head = reload_head  # type: ignore[method-assign]  # once
+        raise ValueError("frontier does not fit its size")
+
+    store.fetch_head = malformed_head  # type: ignore[method-assign]
+    with pytest.raises(StorageError, match="could not be made durable"):
+        await asyncio.wait_for(log.append(event(1)), WAIT_S)
+    assert (await asyncio.wait_for(log.append(event(2)), WAIT_S)).seq == 0  # the writer lives on
+    await log.aclose()
+
+
 async def test_only_the_bad_event_fails_when_it_cannot_be_canonicalised(store: FlakyStore, key: SigningKey) -> None:
     log = make_log(store, key)
     await log.start()
