@@ -14,9 +14,8 @@ import logging
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
-from typing import Any
 
 import httpx
 
@@ -221,7 +220,7 @@ class AuditLog:
         Raises:
             StorageError: the log_read record or the search failed.
         """
-        filters = {k: v for k, v in _query_detail(query).items() if v is not None}
+        filters = {k: v for k, v in asdict(query).items() if v is not None}
         await self.append(AuditEvent(kind=EventKind.LOG_READ, subject=subject, detail={"query": filters}))
         return await self._store.search_entries(query)
 
@@ -392,16 +391,3 @@ class AuditLog:
             return
         self._checkpoint_committed(checkpoint)
 
-
-def _query_detail(query: RecordQuery) -> dict[str, Any]:
-    return {
-        "origin": query.origin,
-        "subject": query.subject,
-        "tool": query.tool,
-        "session_id": query.session_id,
-        "outcome": query.outcome,
-        "kind": query.kind,
-        "time_from": query.time_from,
-        "time_to": query.time_to,
-        "limit": query.limit,
-    }
