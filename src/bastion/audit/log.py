@@ -268,11 +268,18 @@ class AuditLog:
             self._stage(item.event, item.waiter, item.stamp)  # encoded once already: cannot fail now
 
     async def _serve(self) -> None:
+        loss_flushed = False
         while True:
             if self._staged:
                 await self._commit_staged()
                 continue
             if self._closing:
+                if self._lost_unrecorded and not loss_flushed:
+                    # Losses are otherwise recorded ahead of the next records; at shutdown there
+                    # are none, so the records_lost record goes alone (one try: the store may be down).
+                    loss_flushed = True
+                    self._restage()
+                    continue
                 await self._commit_checkpoint()
                 return
             self._work.clear()

@@ -221,6 +221,20 @@ async def test_loss_is_counted_and_recorded_when_the_store_fails_in_best_effort_
     assert receipt == Receipt(1, stored[1].leaf_hash)
 
 
+async def test_losses_are_recorded_at_shutdown_when_no_record_follows_them(store: FlakyStore, key: SigningKey) -> None:
+    log = make_log(store, key, mode=AuditMode.BEST_EFFORT)
+    await log.start()
+    store.fail_before_commit = True
+    lost = await asyncio.wait_for(asyncio.gather(log.append(event(1)), log.append(event(2))), WAIT_S)
+    assert [r.durable for r in lost] == [False, False]
+    store.fail_before_commit = False
+    await log.aclose()
+    stored = await store.fetch_entries(ORIGIN, 0, 10)
+    assert [e.kind for e in stored] == ["records_lost"]
+    assert orjson.loads(stored[0].body)["detail"] == {"records_lost": 2}
+    assert (await store.fetch_latest_checkpoint(ORIGIN)).tree_size == 1  # type: ignore[union-attr]
+
+
 async def test_mode_switch_is_recorded_before_it_takes_effect(store: FlakyStore, key: SigningKey) -> None:
     log = make_log(store, key)
     await log.start()
