@@ -3,7 +3,8 @@
 Runs ``AuditLog.append`` from 1, 16 and 256 concurrent appenders for a fixed time per case and
 reports records/s and p50/p99 latency of ``append`` (which returns only once the record is
 committed). Then 256 concurrent gateway-shaped calls (request record, upstream time, response
-record) report calls/s and the latency the two appends add to each call. Also times ``AuditLog.start()`` (head row) against rebuilding the frontier from every
+record) report calls/s and the latency the two appends add to each call, and two writer
+processes with an origin each show what the store itself absorbs. Also times ``AuditLog.start()`` (head row) against rebuilding the frontier from every
 stored leaf hash. Usage: ``.venv/bin/python bench/audit_store.py [--seconds 3] [--no-postgres]``.
 """
 
@@ -12,6 +13,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import multiprocessing
 import platform
 import random
 import tempfile
@@ -45,6 +47,9 @@ RESPONSE = AuditEvent(
 )
 
 
+WRITER_PROCESSES = 2
+CHILD_START_S = 5.0
+"""Time for the spawned writer processes to import and connect before their load starts together."""
 CALL_CONCURRENCY = 256
 CALL_UPSTREAM_S = (0.0, 0.05)
 """Upstream time per call: none (the store's ceiling), and 50 ms (a quick real tool)."""
@@ -83,14 +88,16 @@ async def run_case(store: AuditStore, concurrency: int, seconds: float) -> dict[
     }
 
 
-async def run_calls(store: AuditStore, concurrency: int, upstream_s: float, seconds: float) -> dict[str, Any]:
+async def run_calls(
+    store: AuditStore, concurrency: int, upstream_s: float, seconds: float, origin: str = ORIGIN
+) -> dict[str, Any]:
     """Calls shaped like the gateway's: request record, the upstream's time, response record.
 
     The audit stage's added latency of one call is the time its two appends took (each returns
     once its record is durable); the upstream's own time is not counted. Upstream times vary
     ±50 % around ``upstream_s`` so that callers do not march in lockstep.
     """
-    log = AuditLog(store, origin=ORIGIN, signing_key=generate_signing_key("bench"),
+    log = AuditLog(store, origin=origin, signing_key=generate_signing_key("bench"),
                    checkpoints=CheckpointPolicy(every_records=1000, every_s=10, heartbeat_s=300))
     await log.start()
     added_ms: list[float] = []
@@ -118,6 +125,44 @@ async def run_calls(store: AuditStore, concurrency: int, upstream_s: float, seco
         "calls_per_s": round(len(added_ms) / elapsed_s, 1),
         "added_p50_ms": round(percentile(added_ms, 0.50), 3),
         "added_p99_ms": round(percentile(added_ms, 0.99), 3),
+    }
+
+
+def _calls_in_child(url: str, origin: str, seconds: float, start_at: float, results: Any) -> None:
+    async def run() -> dict[str, Any]:
+        store = await open_store(url)
+        try:
+            await asyncio.sleep(max(0.0, start_at - time.time()))  # every process starts its load together
+            return await run_calls(store, CALL_CONCURRENCY, 0.0, seconds, origin=origin)
+        finally:
+            await store.aclose()
+
+    results.put(asyncio.run(run()))
+
+
+async def run_calls_in_processes(url: str, processes: int, seconds: float) -> dict[str, Any]:
+    """The store fed by several writer processes at once, an origin each, as gateway instances sharing it.
+
+    One process is CPU-bound in Python well below what the store absorbs; this shows the store's
+    own ceiling. Each process runs the no-upstream calls case; the rates add up because the
+    processes start together and run equally long.
+    """
+    context = multiprocessing.get_context("spawn")  # not fork: this process runs an event loop
+    results = context.Queue()
+    start_at = time.time() + CHILD_START_S
+    children = [
+        context.Process(target=_calls_in_child, args=(url, f"{ORIGIN}-p{i}", seconds, start_at, results))
+        for i in range(processes)
+    ]
+    for child in children:
+        child.start()
+    each = [await asyncio.to_thread(results.get, True, CHILD_START_S + seconds + 60) for _ in children]
+    for child in children:
+        await asyncio.to_thread(child.join)
+    return {
+        "processes": processes,
+        "calls_per_s": round(sum(r["calls_per_s"] for r in each), 1),
+        "per_process_calls_per_s": [r["calls_per_s"] for r in each],
     }
 
 
@@ -154,12 +199,13 @@ async def bench_backend(name: str, url: str, seconds: float) -> dict[str, Any]:
             calls.append(await run_calls(store, CALL_CONCURRENCY, upstream_s, seconds))
         finally:
             await store.aclose()
+    processes = await run_calls_in_processes(url, WRITER_PROCESSES, seconds)
     store = await open_store(url)
     try:
         restart = await measure_restart(store)
     finally:
         await store.aclose()
-    return {"backend": name, "cases": cases, "calls": calls, "restart": restart}
+    return {"backend": name, "cases": cases, "calls": calls, "processes": processes, "restart": restart}
 
 
 async def main() -> None:
@@ -190,6 +236,10 @@ async def main() -> None:
         for c in result["calls"]:
             print(f"{result['backend']:<9} {c['concurrency']:>6} {c['upstream_ms']:>11} {c['calls_per_s']:>9} "
                   f"{c['added_p50_ms']:>12} {c['added_p99_ms']:>12}")
+    for result in results:
+        p = result["processes"]
+        print(f"{result['backend']}: {p['processes']} writer processes (an origin each), 256 calls each, no upstream time: "
+              f"{p['calls_per_s']} calls/s in all ({' + '.join(str(x) for x in p['per_process_calls_per_s'])})")
     for result in results:
         r = result["restart"]
         print(f"{result['backend']}: restart at tree size {r['tree_size']}: start() from head row "
