@@ -51,8 +51,8 @@ WRITER_PROCESSES = 2
 CHILD_START_S = 5.0
 """Time for the spawned writer processes to import and connect before their load starts together."""
 CALL_CONCURRENCY = 256
-CALL_UPSTREAM_S = (0.0, 0.05)
-"""Upstream time per call: none (the store's ceiling), and 50 ms (a quick real tool)."""
+CALL_UPSTREAM_S = (0.0, 0.05, 0.5)
+"""Upstream time per call: none (the store's ceiling), 50 ms (a quick real tool), 500 ms (a typical one)."""
 
 
 def percentile(sorted_values: list[float], fraction: float) -> float:
