@@ -10,6 +10,7 @@ from collections.abc import Callable
 from typing import Any
 
 from bastion.audit.entry import LogEntry, StoredCheckpoint
+from bastion.errors import StorageError
 from bastion.storage.base import AppendBatch, RecordQuery, SearchColumns, pack_frontier
 
 Placeholder = Callable[[int], str]
@@ -20,9 +21,9 @@ CHECKPOINT_COLUMNS = "origin, tree_size, root_hash, note, time"
 MAX_SEARCH_LIMIT = 10_000
 
 
-def qmark(_: int) -> str:
-    """sqlite3 placeholder."""
-    return "?"
+def qmark(position: int) -> str:
+    """sqlite3 placeholder, numbered (``?NNN``) so that a statement may use its parameters out of order."""
+    return f"?{position}"
 
 
 def dollar(position: int) -> str:
@@ -55,11 +56,26 @@ def insert_checkpoint_sql(ph: Placeholder) -> str:
     return f"INSERT INTO checkpoints ({CHECKPOINT_COLUMNS}) VALUES ({', '.join(ph(i) for i in range(1, 6))})"
 
 
-def upsert_head_sql(ph: Placeholder) -> str:
-    """Write the new head of an origin, inserting its row on first append."""
-    return (
-        f"INSERT INTO log_heads (origin, tree_size, frontier) VALUES ({ph(1)}, {ph(2)}, {ph(3)})"
-        " ON CONFLICT (origin) DO UPDATE SET tree_size = excluded.tree_size, frontier = excluded.frontier"
+def advance_head_sql(ph: Placeholder, *, first: bool) -> str:
+    """Move an origin's head to ``head_row``'s values only from the tree size given 4th.
+
+    One statement is both the optimistic check and the write: when another writer has moved the
+    head, no row changes. ``first``: the batch expects tree size 0, where the row may not exist yet
+    (or holds the head of a log that so far has only a checkpoint).
+    """
+    if first:
+        return (
+            f"INSERT INTO log_heads (origin, tree_size, frontier) VALUES ({ph(1)}, {ph(2)}, {ph(3)})"
+            " ON CONFLICT (origin) DO UPDATE SET tree_size = excluded.tree_size, frontier = excluded.frontier"
+            f" WHERE log_heads.tree_size = {ph(4)}"
+        )
+    return f"UPDATE log_heads SET tree_size = {ph(2)}, frontier = {ph(3)} WHERE origin = {ph(1)} AND tree_size = {ph(4)}"
+
+
+def head_conflict(batch: AppendBatch, stored: int | None) -> StorageError:
+    """The error for a batch whose expected tree size is not the stored one."""
+    return StorageError(
+        f"origin {batch.head.origin!r} is at tree size {stored or 0}, batch expects {batch.previous_size}"
     )
 
 
@@ -80,8 +96,8 @@ def checkpoint_rows(batch: AppendBatch) -> list[tuple[Any, ...]]:
 
 
 def head_row(batch: AppendBatch) -> tuple[Any, ...]:
-    """Parameter tuple for ``upsert_head_sql``."""
-    return (batch.head.origin, batch.head.tree_size, pack_frontier(batch.head.frontier))
+    """Parameter tuple for ``advance_head_sql``: the new head, then the tree size it moves from."""
+    return (batch.head.origin, batch.head.tree_size, pack_frontier(batch.head.frontier), batch.previous_size)
 
 
 def search_sql(query: RecordQuery, ph: Placeholder) -> tuple[str, list[Any]]:

@@ -136,21 +136,20 @@ class PostgresStore:
         rows = _sql.record_rows(batch)
         with _translated("PostgreSQL append failed"):
             async with self._pool.acquire() as conn, conn.transaction():
-                # Row lock on the head serialises writers of one origin; the check makes a second
-                # gateway writing the same origin fail instead of forking the log.
-                stored = await conn.fetchval(
-                    "SELECT tree_size FROM log_heads WHERE origin = $1 FOR UPDATE", batch.head.origin
+                # Moving the head first takes its row lock, which serialises writers of one origin;
+                # a second gateway writing the same origin then changes no row and fails instead of
+                # forking the log (READ COMMITTED re-checks the tree size after the lock wait).
+                status = await conn.execute(
+                    _sql.advance_head_sql(_sql.dollar, first=batch.previous_size == 0), *_sql.head_row(batch)
                 )
-                if (stored or 0) != batch.previous_size:
-                    raise StorageError(
-                        f"origin {batch.head.origin!r} is at tree size {stored or 0}, batch expects {batch.previous_size}"
-                    )
+                if not status.endswith(" 1"):
+                    stored = await conn.fetchval("SELECT tree_size FROM log_heads WHERE origin = $1", batch.head.origin)
+                    raise _sql.head_conflict(batch, stored)
                 if rows:
                     # One statement over column arrays: one round trip and one plan for the batch.
                     await conn.execute(_sql.INSERT_RECORD_ARRAYS_SQL, *(list(column) for column in zip(*rows, strict=True)))
                 if batch.checkpoints:
                     await conn.executemany(_sql.insert_checkpoint_sql(_sql.dollar), _sql.checkpoint_rows(batch))
-                await conn.execute(_sql.upsert_head_sql(_sql.dollar), *_sql.head_row(batch))
 
     async def fetch_origins(self) -> list[str]:
         """Every origin that has a log in this store, sorted."""

@@ -272,16 +272,13 @@ class SqliteStore:
         head = _sql.head_row(batch)
 
         def run(conn: sqlite3.Connection) -> None:
-            found = conn.execute("SELECT tree_size FROM log_heads WHERE origin = ?", (batch.head.origin,)).fetchone()
-            stored = found[0] if found else 0
-            if stored != batch.previous_size:
-                raise StorageError(
-                    f"origin {batch.head.origin!r} is at tree size {stored}, batch expects {batch.previous_size}"
-                )
+            advance = _sql.advance_head_sql(_sql.qmark, first=batch.previous_size == 0)
+            if conn.execute(advance, head).rowcount != 1:
+                found = conn.execute("SELECT tree_size FROM log_heads WHERE origin = ?", (batch.head.origin,)).fetchone()
+                raise _sql.head_conflict(batch, found[0] if found else None)
             _insert_records(conn, rows)
             if checkpoints:
                 conn.executemany(_sql.insert_checkpoint_sql(_sql.qmark), checkpoints)
-            conn.execute(_sql.upsert_head_sql(_sql.qmark), head)
 
         await self._write(run)
 
