@@ -6,14 +6,16 @@ import asyncio
 import itertools
 import json
 import os
-import sqlite3
 import stat
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
+from tests.unit.cli.support import run_audit as run
+from tests.unit.cli.support import sqlite_rows
 
 from bastion.audit import reading
 from bastion.audit.keys import (
@@ -26,7 +28,6 @@ from bastion.audit.keys import (
 )
 from bastion.audit.log import AuditLog, CheckpointPolicy
 from bastion.audit.record import AuditEvent, EventKind, Outcome
-from bastion.cli.main import main
 from bastion.storage import open_store
 
 ORIGIN = "gw.test/log"
@@ -95,9 +96,8 @@ class Log:
     rec: tuple[str, ...]
     """The recording options every reading command needs (tests/unit/cli/test_audit_read_recording.py)."""
 
-    def sql(self, statement: str, *params: object) -> list[tuple[object, ...]]:
-        with sqlite3.connect(self.path) as conn:
-            return conn.execute(statement, params).fetchall()
+    def sql(self, statement: str, *params: object) -> list[tuple[Any, ...]]:
+        return sqlite_rows(self.path, statement, *params)
 
 
 @pytest.fixture
@@ -111,11 +111,6 @@ def log(tmp_path: Path) -> Log:
     reader_key.write_text(render_signing_key(KEY))
     return Log(url, path, keys, tmp_path, ("--record-as", READER, "--record-key", str(reader_key)))
 
-
-def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
-    code = main(["audit", *argv])
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 # -- keys -------------------------------------------------------------------------------------------------

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import sqlite3
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +18,8 @@ from typing import Any
 import pytest
 import yaml
 from tests.contract.backends import provision
+from tests.unit.cli.support import run_audit as run
+from tests.unit.cli.support import sqlite_rows
 
 from bastion.audit import reading
 from bastion.audit.access import append_access_record
@@ -28,7 +29,6 @@ from bastion.audit.record import AuditEvent, EventKind, Outcome
 from bastion.audit.seal_keys import generate_seal_key, render_seal_private_key
 from bastion.audit.sealing import SealedField, Sealer
 from bastion.cli.audit_reader import current_os_user
-from bastion.cli.main import main
 from bastion.errors import StorageError
 from bastion.storage import open_store
 from bastion.storage.base import AppendBatch, AuditStore, LogHead
@@ -83,8 +83,7 @@ class Log:
         return ("--record-as", READER, "--record-key", str(self.key_file))
 
     def sql(self, statement: str, *params: object) -> list[tuple[Any, ...]]:
-        with sqlite3.connect(self.path) as conn:
-            return conn.execute(statement, params).fetchall()
+        return sqlite_rows(self.path, statement, *params)
 
     def reader_records(self, origin: str = READER) -> list[dict[str, Any]]:
         rows = self.sql("SELECT seq, body FROM records WHERE origin = ? ORDER BY seq", origin)
@@ -108,11 +107,6 @@ def log(tmp_path: Path) -> Log:
     auditor_file.write_text(render_seal_private_key(AUDITOR) + "\n")
     return Log(url, path, tmp_path, ring, key_file, auditor_file)
 
-
-def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
-    code = main(["audit", *argv])
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 @dataclass(frozen=True)

@@ -11,19 +11,20 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
-import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 from tests.servers.openssl_tsa import make_tsa_pki, running_tsa
+from tests.unit.cli.support import run_audit as run
+from tests.unit.cli.support import sqlite_rows
 
 from bastion.audit.keys import SigningKey, render_signing_key, render_vkey
 from bastion.audit.log import AuditLog, CheckpointPolicy
 from bastion.audit.record import AuditEvent, EventKind
 from bastion.audit.timestamping import CheckpointTimestamper, TsaClient
-from bastion.cli.main import main
 from bastion.storage import open_store
 
 ORIGIN = "gw.test/log"
@@ -63,9 +64,8 @@ class StampedLog:
     tmp: Path
     rec: tuple[str, ...]
 
-    def sql(self, statement: str, *params: object) -> list[tuple[object, ...]]:
-        with sqlite3.connect(self.path) as conn:
-            return conn.execute(statement, params).fetchall()
+    def sql(self, statement: str, *params: object) -> list[tuple[Any, ...]]:
+        return sqlite_rows(self.path, statement, *params)
 
 
 @pytest.fixture
@@ -80,11 +80,6 @@ def stamped(tmp_path: Path) -> StampedLog:
     rec = ("--record-as", f"{ORIGIN}/cli", "--record-key", str(reader_key))
     return StampedLog(f"sqlite:///{path}", path, keys, tsa.pki.root_cert, tmp_path, rec)
 
-
-def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
-    code = main(["audit", *argv])
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def problems(text: str) -> list[tuple[str, int]]:
