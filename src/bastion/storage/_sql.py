@@ -6,6 +6,7 @@ translation stay in each store module.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -14,7 +15,7 @@ from bastion.errors import StorageError
 from bastion.storage.base import AppendBatch, RecordQuery, SearchColumns, pack_frontier
 
 Placeholder = Callable[[int], str]
-"""Maps a 1-based parameter position to its marker: ``?`` for sqlite3, ``$n`` for asyncpg."""
+"""Maps a 1-based parameter position to its marker: ``?n`` for sqlite3, ``$n`` for asyncpg."""
 
 ENTRY_COLUMNS = "origin, seq, time, kind, body, leaf_hash"
 CHECKPOINT_COLUMNS = "origin, tree_size, root_hash, note, time"
@@ -36,6 +37,7 @@ RECORD_COLUMNS = "origin, seq, time, kind, body, leaf_hash, subject, tool, sessi
 _RECORD_WIDTH = RECORD_COLUMNS.count(",") + 1
 
 
+@functools.cache  # built once per shape: the stores ask for it on every batch
 def insert_records_sql(ph: Placeholder, rows: int = 1) -> str:
     """INSERT of ``rows`` record rows, parameters row after row."""
     values = ", ".join(
@@ -51,11 +53,13 @@ INSERT_RECORD_ARRAYS_SQL = (
 """PostgreSQL INSERT of a whole batch from one array per column (``record_rows`` transposed)."""
 
 
+@functools.cache  # built once per shape: the stores ask for it on every batch
 def insert_checkpoint_sql(ph: Placeholder) -> str:
     """INSERT for one checkpoint row."""
     return f"INSERT INTO checkpoints ({CHECKPOINT_COLUMNS}) VALUES ({', '.join(ph(i) for i in range(1, 6))})"
 
 
+@functools.cache  # built once per shape: the stores ask for it on every batch
 def advance_head_sql(ph: Placeholder, *, first: bool) -> str:
     """Move an origin's head to ``head_row``'s values only from the tree size given 4th.
 
