@@ -7,11 +7,11 @@ validation, so secrets stay out of the file. Every section is a pydantic model w
 
 from __future__ import annotations
 
-import fnmatch
 import os
 import re
+from functools import cached_property
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -20,7 +20,11 @@ from bastion.audit.settings import AuditSettings
 from bastion.errors import ConfigError
 from bastion.identity.settings import IdentitySettings
 from bastion.masking.settings import MaskingSettings
+from bastion.policy.conditions import compile_globs
 from bastion.policy.settings import PolicySettings
+
+if TYPE_CHECKING:
+    from bastion.identity.principal import Principal
 
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 _UPSTREAM_NAME = re.compile(r"^[a-z][a-z0-9-]{0,62}$")
@@ -33,13 +37,25 @@ class Model(BaseModel):
 class CallerCredential(Model):
     """Upstream credentials for the callers this entry matches (first match wins)."""
 
-    subject: str = Field("*", description="Glob on the caller's subject.")
+    subject: str = Field("*", description="Glob on the caller's subject (* any run, ? any one character, as in policy).")
+    issuer: str | None = Field(
+        None, description="The caller's issuer must be exactly this (a subject is unique only with its issuer; empty: any)."
+    )
     groups: list[str] = Field(default_factory=list, description="The caller must be in one of these groups (empty: any).")
     headers: dict[str, str] = Field(default_factory=dict, description="Headers added for these callers (HTTP upstreams).")
     env: dict[str, str] = Field(default_factory=dict, description="Environment added for these callers (stdio upstreams).")
 
-    def matches(self, subject: str, groups: frozenset[str]) -> bool:
-        return fnmatch.fnmatchcase(subject, self.subject) and (not self.groups or bool(groups.intersection(self.groups)))
+    @cached_property
+    def _subject_pattern(self) -> re.Pattern[str]:
+        return compile_globs([self.subject])
+
+    def matches(self, caller: Principal) -> bool:
+        """Whether this entry is for ``caller``: subject glob, issuer and groups all hold."""
+        return (
+            self._subject_pattern.match(caller.subject) is not None
+            and (self.issuer is None or caller.issuer == self.issuer)
+            and (not self.groups or bool(caller.groups.intersection(self.groups)))
+        )
 
 
 class UpstreamSettings(Model):

@@ -52,7 +52,7 @@ class UpstreamFactory:
         settings = self.settings[name]
         headers, env = dict(settings.headers), dict(settings.env)
         if settings.credentials:
-            credential = next((c for c in settings.credentials if c.matches(caller.subject, caller.groups)), None)
+            credential = next((c for c in settings.credentials if c.matches(caller)), None)
             if credential is None:
                 raise DenialError(f"no upstream credential for this caller on {name!r}")
             headers.update(credential.headers)
