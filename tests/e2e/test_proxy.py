@@ -156,3 +156,22 @@ async def test_new_tool_is_callable_without_relisting_when_upstream_announced_it
         result = await client.call_tool("fresh", {"text": "hello"})
         assert result.content[0].text == "hello"  # type: ignore[union-attr]
         await client.call_tool("remove_tool", {"name": "fresh"})
+
+
+@pytest.mark.parametrize("arguments", [{"text": "x", "n": 2**60}, "nested"])
+async def test_unrecordable_arguments_get_an_error_at_once_and_the_session_keeps_serving(
+    gateway: str, arguments: object
+) -> None:
+    if arguments == "nested":
+        deep: dict[str, object] = {"text": "x"}
+        for _ in range(70):  # deeper than the masker's limit
+            deep = {"a": deep}
+        arguments = deep
+    url = f"{gateway}/servers/alpha/mcp"
+    async with httpx.AsyncClient(timeout=5) as http:  # a hung POST fails the test by timing out
+        headers = await open_raw_session(http, url)
+        call = {"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": "echo", "arguments": arguments}}
+        refused = (await http.post(url, json=call, headers=headers)).json()
+        assert refused["error"]["code"] == codes.INVALID_PARAMS and "not forwarded" in refused["error"]["message"]
+        call = {"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": {"name": "echo", "arguments": {"text": "ok"}}}
+        assert (await http.post(url, json=call, headers=headers)).json()["result"]["content"][0]["text"] == "ok"

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from bastion.errors import StorageError, UpstreamError
+from bastion.errors import UpstreamError
 from bastion.exchange import CallerContext, Direction, Exchange, Kind, Reply
 from bastion.jsonrpc import codes
 from bastion.jsonrpc.envelope import Message, RequestId, render_reply
@@ -150,8 +150,8 @@ class DownstreamSession:
             reply = error_reply(exc)
             try:
                 await self.gateway.record_unrouted(self.caller, message, reply)
-            except StorageError as storage_exc:
-                reply = error_reply(storage_exc)
+            except Exception as record_exc:  # the record failed: answer with that failure, never not at all
+                reply = error_reply(record_exc)
         except asyncio.CancelledError:
             stream.settle(request_id)  # MCP: no response to a cancelled request
             raise

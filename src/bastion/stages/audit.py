@@ -2,7 +2,8 @@
 
 On the way in it appends the request record (arguments masked for the log) and waits until it is
 durable before any later stage runs; on the way out it appends what is released — result, error,
-denial — and waits again before the reply leaves. A store failure refuses the call (fail closed).
+denial — and waits again before the reply leaves. A store failure refuses the call (fail closed), and
+so does a payload that has no record form (too deep to mask, integers beyond ±2^53).
 Progress notifications are not recorded one by one: they carry no data of their own and would
 flood the log; the request and response around them are. With a Sealer (audit.seal_raw), the
 unmasked arguments and result also go into their records, encrypted for the auditors' keys.
@@ -22,7 +23,9 @@ from bastion.audit.record import AuditEvent, EventKind, Outcome, compute_argumen
 from bastion.audit.sealing import SealedField, SealedValue, Sealer
 from bastion.errors import StorageError
 from bastion.exchange import CallerContext, Direction, Exchange, Kind, Reply
+from bastion.jsonrpc import codes
 from bastion.jsonrpc.envelope import error_body
+from bastion.masking.errors import MaskingError
 from bastion.masking.masker import Masker
 from bastion.pipeline.stage import Next
 
@@ -87,8 +90,8 @@ class AuditStage:
             kind = EventKind.CANCELLED
         detail = {"direction": ex.direction.value} if ex.direction is Direction.TO_CLIENT else None
         raw = self._raw_payload(ex)
-        sealed = self._seal(ex, SealedField.ARGUMENTS, raw)
         try:
+            sealed = self._seal(ex, SealedField.ARGUMENTS, raw)
             receipt = await self._log.append(
                 AuditEvent(
                     kind=kind,
@@ -101,6 +104,11 @@ class AuditStage:
             )
         except StorageError as exc:
             return {"error": error_body(exc.code, exc.public_message)} if ex.kind is Kind.REQUEST else None
+        except (MaskingError, CanonicalEncodingError) as exc:
+            # The arguments have no record form: what cannot be recorded is not forwarded.
+            event = AuditEvent(kind=kind, outcome=Outcome.DENIED, detail=_unrecordable("arguments", exc, detail), **base)
+            refusal = error_body(codes.INVALID_PARAMS, "The arguments cannot be recorded, so the request was not forwarded")
+            return await self._append_refusal(event, refusal) if ex.kind is Kind.REQUEST else None
         ex.notes.request_seq = receipt.seq
         reply = await call_next(ex)
         if ex.kind is Kind.NOTIFICATION or reply is None:
@@ -113,13 +121,30 @@ class AuditStage:
         error = reply.get("error")
         is_error = result.get("isError") if isinstance(result, dict) and ex.method == "tools/call" else None
         outcome = notes.outcome or ("error" if error is not None or is_error else "ok")
-        if result is None or notes.result_masked:
-            released = result  # already masked for release with a superset of the log's profiles
-        else:
-            released = self._masker.mask_json(result).value
-        # The masking stage leaves the unmasked result only where it changed it; elsewhere it is the reply's.
-        sealed = self._seal(ex, SealedField.RESULT, notes.raw_result if notes.raw_result is not None else result)
-        event = AuditEvent(
+        try:
+            if result is None or notes.result_masked:
+                released = result  # already masked for release with a superset of the log's profiles
+            else:
+                released = self._masker.mask_json(result).value
+            # The masking stage leaves the unmasked result only where it changed it; elsewhere it is the reply's.
+            sealed = self._seal(ex, SealedField.RESULT, notes.raw_result if notes.raw_result is not None else result)
+            event = self._response_event(ex, base, detail, outcome, released, sealed, is_error, error)
+            await self._log.append(event)
+        except StorageError as exc:
+            return {"error": error_body(exc.code, exc.public_message)}
+        except (MaskingError, CanonicalEncodingError) as exc:
+            # The result has no record form: what cannot be recorded is not released.
+            refusal = error_body(codes.MASKING_FAILED, "The result cannot be recorded, so it was not released")
+            refused = self._response_event(ex, base, _unrecordable("result", exc, detail), "error", None, None, None, refusal)
+            return await self._append_refusal(refused, refusal)
+        return reply
+
+    def _response_event(
+        self, ex: Exchange, base: dict[str, Any], detail: Any, outcome: str, released: Any,
+        sealed: SealedValue | None, is_error: bool | None, error: Any,
+    ) -> AuditEvent:
+        notes = ex.notes
+        return AuditEvent(
             kind=EventKind.RESPONSE,
             outcome=Outcome(outcome),
             result=released,
@@ -136,11 +161,19 @@ class AuditStage:
             sealed={SealedField.RESULT.value: sealed.envelope} if sealed else None,
             **base,
         )
+
+    async def _append_refusal(self, event: AuditEvent, refusal: dict[str, Any]) -> Reply:
         try:
             await self._log.append(event)
         except StorageError as exc:
             return {"error": error_body(exc.code, exc.public_message)}
-        return reply
+        return {"error": refusal}
+
+
+def _unrecordable(part: str, exc: MaskingError | CanonicalEncodingError, detail: Any) -> dict[str, Any]:
+    """Why ``part`` is missing from its record: too deep to mask, or no RFC 8785 form (integers beyond ±2^53)."""
+    reason = exc.data.get("reason") if isinstance(exc, MaskingError) else "no canonical JSON form"
+    return {**(detail or {}), "unrecordable": {"part": part, "reason": reason or "cannot be masked"}}
 
 
 def raw_sha256(result: Any) -> str:
@@ -175,18 +208,19 @@ class GatewayRecorder:
         params = message.get("params")
         params = params if isinstance(params, dict) else {}
         name = params.get("name") or params.get("uri")
-        await self.log.append(
-            AuditEvent(
-                kind=EventKind.RESPONSE,
-                outcome=Outcome.ERROR,
-                method=message.get("method"),
-                name=name if isinstance(name, str) else None,
-                arguments=self._masker.mask_json(params.get("arguments")).value,
-                error=reply.get("error"),
-                jsonrpc_id=message.get("id"),
-                **who(caller),
-            )
-        )
+        fields = {
+            "kind": EventKind.RESPONSE,
+            "outcome": Outcome.ERROR,
+            "method": message.get("method"),
+            "name": name if isinstance(name, str) else None,
+            "error": reply.get("error"),
+            "jsonrpc_id": message.get("id"),
+            **who(caller),
+        }
+        try:
+            await self.log.append(AuditEvent(arguments=self._masker.mask_json(params.get("arguments")).value, **fields))
+        except (MaskingError, CanonicalEncodingError) as exc:  # the refusal is recorded all the same
+            await self.log.append(AuditEvent(detail=_unrecordable("arguments", exc, None), **fields))
 
     async def session(self, caller: CallerContext, opened: bool) -> None:
         kind = EventKind.SESSION_OPENED if opened else EventKind.SESSION_CLOSED
