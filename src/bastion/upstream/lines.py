@@ -19,13 +19,18 @@ class LineTooLongError(aiohttp.ClientPayloadError):
 
 async def response_lines(response: aiohttp.ClientResponse, max_line_bytes: int = MAX_LINE_BYTES) -> AsyncIterator[str]:
     """Decoded lines of the body, ``\\n``-terminated ones without the terminator."""
-    pending = b""
+    pending = bytearray()
     async for chunk in response.content.iter_any():
-        pending += chunk
-        *lines, pending = pending.split(b"\n")
+        # Only the new chunk is searched for line ends; re-splitting the whole buffer per chunk
+        # made one long line (a large result) cost quadratic time on the event loop.
+        start = 0
+        while (end := chunk.find(b"\n", start)) >= 0:
+            pending += chunk[start:end]
+            yield pending.decode("utf-8", "replace")
+            pending.clear()
+            start = end + 1
+        pending += chunk[start:]
         if len(pending) > max_line_bytes:
             raise LineTooLongError(f"a line exceeds {max_line_bytes} bytes")
-        for line in lines:
-            yield line.decode("utf-8", "replace")
     if pending:
         yield pending.decode("utf-8", "replace")
