@@ -13,9 +13,10 @@ import asyncio
 import logging
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
+from typing import Any
 
 import httpx
 
@@ -220,9 +221,19 @@ class AuditLog:
         Raises:
             StorageError: the log_read record or the search failed.
         """
-        filters = {k: v for k, v in asdict(query).items() if v is not None}
-        await self.append(AuditEvent(kind=EventKind.LOG_READ, subject=subject, detail={"query": filters}))
+        await self.record_read(subject, {"query": {k: v for k, v in asdict(query).items() if v is not None}})
         return await self._store.search_entries(query)
+
+    async def record_read(self, subject: str | None, detail: Mapping[str, Any]) -> None:
+        """Record that ``subject`` reads the log; call before releasing anything read.
+
+        Raises:
+            StorageError: the log_read record is not durable, in best_effort mode too (a read of
+                the log is never released without its record).
+        """
+        receipt = await self.append(AuditEvent(kind=EventKind.LOG_READ, subject=subject, detail=detail))
+        if not receipt.durable:
+            raise StorageError("the read of the audit log could not be recorded")
 
     async def aclose(self) -> None:
         """Commit everything queued, write a final checkpoint, stop the writer and flush witnesses."""

@@ -23,7 +23,6 @@ from bastion.approval.model import ApprovalState, ReviewRefusedError, Verdict
 from bastion.approval.service import ApprovalNotFoundError, ApprovalService
 from bastion.audit.log import AuditLog
 from bastion.audit.reading import fetch_interaction
-from bastion.audit.record import AuditEvent, EventKind
 from bastion.console import pages
 from bastion.console._html import Markup
 from bastion.console.session import (
@@ -53,6 +52,8 @@ SECURITY_HEADERS = {
 TOKEN_SHAPE = re.compile(r"[A-Za-z0-9._~+/=-]{1,8192}")
 """API keys and JWTs (base64url segments) fit; anything else could not be a credential or a cookie value."""
 SEARCH_LIMIT = 100
+MAX_SEQ = 2**53 - 1
+"""A record's seq is a JSON integer in the records (RFC 8785 allows no larger)."""
 CROSS_SITE = "This form was not submitted from a console page of this gateway, so it was refused."
 SIGN_IN_AGAIN = "Your credential was not accepted (expired or revoked?); sign in again."
 
@@ -220,11 +221,11 @@ def console_router(service: ApprovalService, store: Store, log: AuditLog, authen
         try:
             seq = int(request.query_params.get("seq", ""))
         except ValueError:
-            return _page(pages.message_page(base, "Bad request", "seq must be an integer.", principal), 400)
+            seq = -1
+        if not 0 <= seq <= MAX_SEQ:
+            return _page(pages.message_page(base, "Bad request", "seq must be a record number.", principal), 400)
         try:
-            await log.append(
-                AuditEvent(kind=EventKind.LOG_READ, subject=principal.subject, detail={"origin": origin, "seq": seq})
-            )
+            await log.record_read(principal.subject, {"origin": origin, "seq": seq})
             entries = await fetch_interaction(store, origin, seq)
         except StorageError:
             return _page(pages.message_page(base, "Not found", "There is no such record.", principal), 404)

@@ -431,6 +431,19 @@ async def test_close_writes_a_final_checkpoint_and_refuses_later_appends(store: 
         await log.append(event(2))
 
 
+async def test_a_read_is_refused_when_its_record_is_not_durable_even_in_best_effort_mode(
+    store: FlakyStore, key: SigningKey
+) -> None:
+    log = make_log(store, key, mode=AuditMode.BEST_EFFORT)
+    await log.start()
+    await log.append(event(1))
+    store.fail_before_commit = True
+    with pytest.raises(StorageError):
+        await asyncio.wait_for(log.search_entries(RecordQuery(origin=ORIGIN), subject="auditor"), WAIT_S)
+    store.fail_before_commit = False
+    await log.aclose()
+
+
 async def test_reads_are_recorded_before_results_are_returned(store: FlakyStore, key: SigningKey) -> None:
     log = make_log(store, key)
     await log.start()
