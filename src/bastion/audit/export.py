@@ -334,6 +334,9 @@ def verify_export(
         EvidenceFormatError: the file is not a readable export.
     """
     export = read_export(path)
+    missing = [origin for origin in origins or () if origin not in export.origins]
+    if missing:  # as for a store: an origin asked for and absent is not an empty log that verifies
+        raise EvidenceFormatError(f"the export holds nothing for origin(s) {', '.join(map(repr, missing))}")
     wanted = set(origins or export.origins)
     checkpoints = [c for c in export.checkpoints if c.origin in wanted]
     ring, synthetic = keys, list[StoredCheckpoint]()

@@ -352,6 +352,14 @@ def test_export_verifies_offline_when_untouched(log: Log, capsys: pytest.Capture
     assert text.startswith(f"records: 10  checkpoints: 4  origins: {ORIGIN}\n")
 
 
+def test_verify_export_exit_2_when_a_named_origin_is_not_in_the_export(log: Log, capsys: pytest.CaptureFixture[str]) -> None:
+    out = log.tmp / "export.jsonl"
+    assert run(capsys, "export", "--store", log.url, *log.rec, "--origin", ORIGIN, "--out", str(out))[0] == 0
+    code, text, err = run(capsys, "verify", "--export", str(out), "--keys", str(log.keys), "--origin", "gw.typo/log")
+    assert code == 2 and "result: OK" not in text
+    assert "gw.typo/log" in err
+
+
 def test_verify_export_exit_1_when_an_exported_body_is_edited(log: Log, capsys: pytest.CaptureFixture[str]) -> None:
     out = log.tmp / "export.jsonl"
     run(capsys, "export", "--store", log.url, *log.rec, "--origin", ORIGIN, "--out", str(out))
