@@ -8,6 +8,7 @@ audit/checkpoint.py's and the DELETE is the store's.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -75,20 +76,21 @@ async def compute_frontiers(store: AuditStore, origin: str, cut: int, end: int) 
     """
     frontier: Frontier | None = None
     at_cut: Frontier | None = None
-    async for entry in store.stream_entries(origin, 0, PAGE_RECORDS):
-        if frontier is None:
-            frontier = await _start_frontier(store, origin, entry.seq)
-            if entry.seq > cut:
-                raise RetentionError(f"records of {origin!r} below seq {entry.seq} are already pruned")
-        if entry.seq >= end:
-            continue  # rows beyond the signed size are not needed; the stream stays short-lived
-        if entry.seq != frontier.size:
-            raise RetentionError(f"record {origin!r}/{frontier.size} is missing; verify the log before pruning")
-        if hash_leaf(entry.body) != entry.leaf_hash:
-            raise RetentionError(f"record {origin!r}/{entry.seq} does not hash to its leaf; verify the log first")
-        if frontier.size == cut:
-            at_cut = frontier.copy()
-        frontier.append(entry.leaf_hash)
+    async with contextlib.aclosing(store.stream_entries(origin, 0, PAGE_RECORDS)) as entries:  # type: ignore[type-var]
+        async for entry in entries:
+            if frontier is None:
+                frontier = await _start_frontier(store, origin, entry.seq)
+                if entry.seq > cut:
+                    raise RetentionError(f"records of {origin!r} below seq {entry.seq} are already pruned")
+            if entry.seq >= end:
+                break  # rows beyond the signed size are not needed
+            if entry.seq != frontier.size:
+                raise RetentionError(f"record {origin!r}/{frontier.size} is missing; verify the log before pruning")
+            if hash_leaf(entry.body) != entry.leaf_hash:
+                raise RetentionError(f"record {origin!r}/{entry.seq} does not hash to its leaf; verify the log first")
+            if frontier.size == cut:
+                at_cut = frontier.copy()
+            frontier.append(entry.leaf_hash)
     if frontier is not None and frontier.size == cut:
         at_cut = frontier.copy()
     if frontier is None or at_cut is None or frontier.size != end:

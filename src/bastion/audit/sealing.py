@@ -37,7 +37,6 @@ if TYPE_CHECKING:
 _log = logging.getLogger(__name__)
 
 NONCE_BYTES = 12
-DATA_KEY_BYTES = 32
 _WRAP_INFO = b"bastion.seal/1 wrap\n"
 """HKDF info prefix; followed by the ephemeral and the recipient public keys (both 32 bytes)."""
 

@@ -23,6 +23,7 @@ from bastion.approval.model import ApprovalState, ReviewRefusedError, Verdict
 from bastion.approval.service import ApprovalNotFoundError, ApprovalService
 from bastion.audit.log import AuditLog
 from bastion.audit.reading import fetch_interaction
+from bastion.audit.record import render_time
 from bastion.console import pages
 from bastion.console._html import Markup
 from bastion.console.session import (
@@ -77,8 +78,7 @@ def _utc(value: str) -> str | None:
     moment = datetime.datetime.fromisoformat(value.strip())
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=datetime.UTC)
-    moment = moment.astimezone(datetime.UTC)
-    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+    return render_time(moment)
 
 
 def console_router(service: ApprovalService, store: Store, log: AuditLog, authenticate: Authenticate) -> Router:

@@ -6,11 +6,14 @@ and one SSE ``data:`` line can hold a whole large MCP result; this splits chunks
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 
 import aiohttp
 
 MAX_LINE_BYTES = 64 * 1024 * 1024
+HTTP_ERRORS = (aiohttp.ClientError, asyncio.TimeoutError)
+"""What an aiohttp exchange with an HTTP upstream raises when the upstream or the network fails."""
 
 
 class LineTooLongError(aiohttp.ClientPayloadError):

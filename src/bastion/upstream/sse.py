@@ -14,9 +14,7 @@ from bastion.errors import ProtocolError, UpstreamError
 from bastion.jsonrpc.envelope import Message, dumps, parse_message
 from bastion.transport.sse import parse_events
 from bastion.upstream.base import TransportListener
-from bastion.upstream.lines import response_lines
-
-_HTTP_ERRORS = (aiohttp.ClientError, asyncio.TimeoutError)
+from bastion.upstream.lines import HTTP_ERRORS, response_lines
 
 log = logging.getLogger("bastion.upstream.sse")
 
@@ -75,7 +73,7 @@ class SseTransport:
             reason = str(exc)
             if not endpoint_ready.done():
                 endpoint_ready.set_exception(exc)
-        except _HTTP_ERRORS as exc:
+        except HTTP_ERRORS as exc:
             reason = f"upstream unreachable: {type(exc).__name__}"
             if not endpoint_ready.done():
                 endpoint_ready.set_exception(UpstreamError(reason))
@@ -92,7 +90,7 @@ class SseTransport:
             ) as response:
                 status = response.status
                 await response.read()
-        except _HTTP_ERRORS as exc:
+        except HTTP_ERRORS as exc:
             raise UpstreamError(f"upstream {self.name!r} unreachable: {type(exc).__name__}") from exc
         if status >= 400:
             raise UpstreamError(f"upstream {self.name!r} refused a message with HTTP {status}")

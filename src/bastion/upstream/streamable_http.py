@@ -19,7 +19,7 @@ from bastion.errors import ProtocolError, UpstreamError
 from bastion.jsonrpc.envelope import Message, MessageKind, RequestId, classify, dumps, parse_body
 from bastion.transport.sse import parse_events
 from bastion.upstream.base import TransportListener
-from bastion.upstream.lines import response_lines
+from bastion.upstream.lines import HTTP_ERRORS, response_lines
 
 log = logging.getLogger("bastion.upstream.http")
 
@@ -28,7 +28,6 @@ _MAX_RESUME_ATTEMPTS = 3
 
 
 _LISTEN_TIMEOUT = aiohttp.ClientTimeout(total=None, sock_connect=10.0, sock_read=None)
-_HTTP_ERRORS = (aiohttp.ClientError, asyncio.TimeoutError)
 
 
 class StreamableHttpTransport:
@@ -80,7 +79,7 @@ class StreamableHttpTransport:
             async with self._client.post(self._url, data=dumps(message), headers=self._request_headers()) as response:
                 status = response.status
                 await response.read()
-        except _HTTP_ERRORS as exc:
+        except HTTP_ERRORS as exc:
             raise UpstreamError(f"upstream {self.name!r} unreachable: {type(exc).__name__}") from exc
         if status >= 400:
             raise UpstreamError(f"upstream {self.name!r} refused a message with HTTP {status}")
@@ -106,7 +105,7 @@ class StreamableHttpTransport:
                         await self._resume(request_id, last_id)
                 else:
                     await self._deliver_body(await response.read(), request_id)
-        except _HTTP_ERRORS as exc:
+        except HTTP_ERRORS as exc:
             self._fail(request_id, f"upstream unreachable: {type(exc).__name__}")
         finally:
             self._replied.discard(request_id)
@@ -125,7 +124,7 @@ class StreamableHttpTransport:
                 if response.status != 200:
                     return  # 405: the server offers no GET stream; that is allowed.
                 await self._read_stream(response, None)
-        except _HTTP_ERRORS as exc:
+        except HTTP_ERRORS as exc:
             log.info("upstream GET stream ended", extra={"upstream": self.name, "error": type(exc).__name__})
 
     async def _read_stream(self, response: aiohttp.ClientResponse, request_id: RequestId | None) -> str | None:
@@ -139,7 +138,7 @@ class StreamableHttpTransport:
                 if event.event != "message" or not event.data:
                     continue
                 await self._deliver_body(event.data.encode(), request_id)
-        except _HTTP_ERRORS:
+        except HTTP_ERRORS:
             if last_id is None and request_id is not None:
                 self._fail(request_id, "upstream stream broke")
             return last_id
@@ -161,7 +160,7 @@ class StreamableHttpTransport:
                     if self._answered(request_id):
                         return
                     last_id = new_last or last_id
-            except _HTTP_ERRORS:
+            except HTTP_ERRORS:
                 continue
         if not self._answered(request_id):
             self._fail(request_id, "upstream stream broke and could not be resumed")
@@ -197,7 +196,7 @@ class StreamableHttpTransport:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         if self.session_id is not None and not self._client.closed:
-            with contextlib.suppress(*_HTTP_ERRORS):
+            with contextlib.suppress(*HTTP_ERRORS):
                 async with self._client.delete(
                     self._url, headers=self._request_headers(), timeout=aiohttp.ClientTimeout(total=2.0)
                 ):
