@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import asyncpg
 import pytest
-from tests.contract.backends import POSTGRES, provision
+from tests.contract.backends import PG_DSN, POSTGRES, provision
 
 from bastion.audit.canonical import canonical_bytes
 from bastion.audit.compact import Frontier
 from bastion.audit.entry import LogEntry, StoredCheckpoint
 from bastion.audit.hashing import hash_leaf
 from bastion.errors import ConfigError, StorageError
+from bastion.storage import _sql
 from bastion.storage import AppendBatch, AuditStore, LogHead, RecordQuery, open_store
 from bastion.storage.base import SearchColumns
 
@@ -218,6 +221,70 @@ async def test_search_matches_indexed_fields_when_filters_combine(store: AuditSt
         ("o1", 2), ("o1", 1)]
     assert await seqs(subject="alice", limit=2) == [("o2", 0), ("o1", 3)]
     assert await seqs(subject="nobody") == []
+
+
+async def test_search_finds_rare_and_common_outcomes_and_kinds(store: AuditStore) -> None:
+    entries = [make_entry("o1", seq, minute=seq // 60) for seq in range(6)]
+    entries[2] = make_entry("o1", 2, outcome="denied")
+    entries[3] = make_entry("o1", 3, kind="log_read")
+    entries[4] = make_entry("o1", 4, kind="notification", outcome="upstream_failed")
+    await store.append_batch(make_batch(Frontier(), entries))
+
+    async def seqs(**filters: object) -> list[int]:
+        return [e.seq for e in await store.search_entries(RecordQuery(**filters))]  # type: ignore[arg-type]
+
+    assert await seqs(outcome="denied") == [2]
+    assert await seqs(outcome="upstream_failed", kind="notification") == [4]
+    assert await seqs(outcome="ok") == [5, 3, 1, 0]
+    assert await seqs(kind="log_read") == [3]
+    assert await seqs(kind="request", outcome="ok") == [5, 1, 0]
+
+
+def _explain_sqlite(path: str, sql: str, params: list[object]) -> str:
+    conn = sqlite3.connect(path)
+    try:
+        conn.execute("ANALYZE")
+        return " ".join(str(row[-1]) for row in conn.execute(f"EXPLAIN QUERY PLAN {sql}", params))
+    finally:
+        conn.close()
+
+
+async def _explain_postgres(url: str, sql: str, params: list[object]) -> str:
+    conn = await asyncpg.connect(PG_DSN, server_settings={"search_path": url.rsplit("schema=", 1)[1]})
+    try:
+        await conn.execute("ANALYZE records")
+        return " ".join(row[0] for row in await conn.fetch(f"EXPLAIN {sql}", *params))
+    finally:
+        await conn.close()
+
+
+@pytest.mark.parametrize(
+    ("query", "index"),
+    [(RecordQuery(outcome="denied"), "records_rare_outcome_time"), (RecordQuery(kind="log_read"), "records_rare_kind_time")],
+)
+@pytest.mark.parametrize("backend", ["sqlite-file", POSTGRES])
+async def test_search_for_a_rare_value_uses_its_partial_index(
+    backend: str, query: RecordQuery, index: str, tmp_path: Path
+) -> None:
+    """Only rare outcomes and kinds are indexed (migration 0005): a search for one must reach its index."""
+    async with provision(backend, tmp_path) as url:
+        store = await open_store(url)
+        try:
+            frontier = Frontier()
+            for start in range(0, 3000, 500):
+                batch = [make_entry("o1", seq, minute=seq // 60 % 60) for seq in range(start, start + 500)]
+                batch[7] = make_entry("o1", start + 7, outcome="denied", minute=(start + 7) // 60 % 60)
+                batch[9] = make_entry("o1", start + 9, kind="log_read", minute=(start + 9) // 60 % 60)
+                await store.append_batch(make_batch(frontier, batch))
+        finally:
+            await store.aclose()
+        if backend == "sqlite-file":
+            sql, params = _sql.search_sql(query, _sql.qmark)
+            plan = _explain_sqlite(url.removeprefix("sqlite:///"), sql, params)
+        else:
+            sql, params = _sql.search_sql(query, _sql.dollar)
+            plan = await _explain_postgres(url, sql, params)
+    assert index in plan, plan
 
 
 async def test_prune_is_refused_when_no_checkpoint_has_that_size(store: AuditStore) -> None:

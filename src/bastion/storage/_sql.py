@@ -19,6 +19,8 @@ Placeholder = Callable[[int], str]
 
 ENTRY_COLUMNS = "origin, seq, time, kind, body, leaf_hash"
 CHECKPOINT_COLUMNS = "origin, tree_size, root_hash, note, time"
+"""The columns of ``checkpoint_rows``' tuples, in order."""
+CHECKPOINT_WIDTH = CHECKPOINT_COLUMNS.count(",") + 1
 MAX_SEARCH_LIMIT = 10_000
 
 
@@ -34,23 +36,41 @@ def dollar(position: int) -> str:
 
 RECORD_COLUMNS = "origin, seq, time, kind, body, leaf_hash, subject, tool, session_id, outcome"
 """The columns of ``record_rows``' tuples, in order."""
-_RECORD_WIDTH = RECORD_COLUMNS.count(",") + 1
+RECORD_WIDTH = RECORD_COLUMNS.count(",") + 1
 
 
 @functools.cache  # built once per shape: the stores ask for it on every batch
 def insert_records_sql(ph: Placeholder, rows: int = 1) -> str:
     """INSERT of ``rows`` record rows, parameters row after row."""
     values = ", ".join(
-        "(" + ", ".join(ph(r * _RECORD_WIDTH + i) for i in range(1, _RECORD_WIDTH + 1)) + ")" for r in range(rows)
+        "(" + ", ".join(ph(r * RECORD_WIDTH + i) for i in range(1, RECORD_WIDTH + 1)) + ")" for r in range(rows)
     )
     return f"INSERT INTO records ({RECORD_COLUMNS}) VALUES {values}"
 
 
-INSERT_RECORD_ARRAYS_SQL = (
-    f"INSERT INTO records ({RECORD_COLUMNS}) SELECT * FROM unnest($1::text[], $2::bigint[], $3::text[],"
-    " $4::text[], $5::bytea[], $6::bytea[], $7::text[], $8::text[], $9::text[], $10::text[])"
-)
-"""PostgreSQL INSERT of a whole batch from one array per column (``record_rows`` transposed)."""
+@functools.cache  # built once per shape: the store asks for it on every batch
+def append_batch_arrays_sql(*, first: bool) -> str:
+    """PostgreSQL: a whole batch as one statement, so one round trip and, outside a transaction
+    block, one implicit transaction (no BEGIN and COMMIT round trips).
+
+    Parameters: ``head_row`` ($1-$4), then one array per record column ($5-$14, ``record_rows``
+    transposed), then one per checkpoint column ($15-$19). Records and checkpoints are inserted
+    only when the head moved (``RETURNING`` is how a data-modifying WITH passes that on); the
+    statement returns how many heads moved, 0 or 1.
+    """
+    record_types = ("text", "bigint", "text", "text", "bytea", "bytea", "text", "text", "text", "text")
+    checkpoint_types = ("text", "bigint", "bytea", "text", "text")
+    records = ", ".join(f"${5 + i}::{t}[]" for i, t in enumerate(record_types))
+    checkpoints = ", ".join(f"${5 + RECORD_WIDTH + i}::{t}[]" for i, t in enumerate(checkpoint_types))
+    return (
+        f"WITH head AS ({advance_head_sql(dollar, first=first)} RETURNING 1),"
+        f" new_records AS (INSERT INTO records ({RECORD_COLUMNS})"
+        f" SELECT * FROM unnest({records}) WHERE EXISTS (SELECT FROM head)),"
+        f" new_checkpoints AS (INSERT INTO checkpoints ({CHECKPOINT_COLUMNS})"
+        f" SELECT {CHECKPOINT_COLUMNS} FROM unnest({checkpoints}) WITH ORDINALITY"
+        f" AS c({CHECKPOINT_COLUMNS}, position) WHERE EXISTS (SELECT FROM head) ORDER BY position)"
+        " SELECT count(*) FROM head"
+    )
 
 
 @functools.cache  # built once per shape: the stores ask for it on every batch
@@ -104,6 +124,14 @@ def head_row(batch: AppendBatch) -> tuple[Any, ...]:
     return (batch.head.origin, batch.head.tree_size, pack_frontier(batch.head.frontier), batch.previous_size)
 
 
+COMMON_OUTCOMES = frozenset({"ok"})
+COMMON_KINDS = frozenset({"request", "response", "notification"})
+RARE_OUTCOME_PREDICATE = "outcome <> 'ok'"
+RARE_KIND_PREDICATE = "kind NOT IN ('request', 'response', 'notification')"
+"""The WHERE clauses of the partial indexes of migration 0005, word for word: a planner uses a
+partial index only when the query carries its predicate, and cannot infer it from ``kind = ?``."""
+
+
 def search_sql(query: RecordQuery, ph: Placeholder) -> tuple[str, list[Any]]:
     """SELECT matching every filter of ``query``, newest first."""
     filters = [
@@ -122,6 +150,10 @@ def search_sql(query: RecordQuery, ph: Placeholder) -> tuple[str, list[Any]]:
         if value is not None:
             params.append(value)
             clauses.append(f"{column} {op} {ph(len(params))}")
+    if query.outcome is not None and query.outcome not in COMMON_OUTCOMES:
+        clauses.append(RARE_OUTCOME_PREDICATE)
+    if query.kind is not None and query.kind not in COMMON_KINDS:
+        clauses.append(RARE_KIND_PREDICATE)
     where = f" WHERE {' AND '.join(clauses)}" if clauses else ""
     params.append(max(1, min(query.limit, MAX_SEARCH_LIMIT)))
     sql = f"SELECT {ENTRY_COLUMNS} FROM records{where} ORDER BY time DESC, origin, seq DESC LIMIT {ph(len(params))}"

@@ -7,6 +7,7 @@ Durability is PostgreSQL's own (``synchronous_commit`` must stay on; it is check
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import re
 from collections.abc import AsyncIterator, Iterator
@@ -49,6 +50,9 @@ class PostgresStore:
 
     def __init__(self, pool: asyncpg.Pool) -> None:
         self._pool = pool
+        self._appender: asyncpg.pool.PoolConnectionProxy | None = None
+        """A pool connection kept for appends: a release would cost a reset round trip per batch."""
+        self._append_lock = asyncio.Lock()
 
     @classmethod
     async def open(cls, dsn: str, *, schema: str | None = None, max_size: int = POOL_MAX_SIZE) -> PostgresStore:
@@ -133,23 +137,30 @@ class PostgresStore:
     async def append_batch(self, batch: AppendBatch) -> None:
         """Commit records, checkpoints and head in one transaction; see ``AuditStore.append_batch``."""
         check_batch(batch)
-        rows = _sql.record_rows(batch)
+        records = _sql.record_rows(batch)
+        checkpoints = _sql.checkpoint_rows(batch)
+        arrays = [list(c) for c in zip(*records, strict=True)] if records else [[] for _ in range(_sql.RECORD_WIDTH)]
+        arrays += [list(c) for c in zip(*checkpoints, strict=True)] if checkpoints else [[] for _ in range(_sql.CHECKPOINT_WIDTH)]
         with _translated("PostgreSQL append failed"):
-            async with self._pool.acquire() as conn, conn.transaction():
-                # Moving the head first takes its row lock, which serialises writers of one origin;
-                # a second gateway writing the same origin then changes no row and fails instead of
-                # forking the log (READ COMMITTED re-checks the tree size after the lock wait).
-                status = await conn.execute(
-                    _sql.advance_head_sql(_sql.dollar, first=batch.previous_size == 0), *_sql.head_row(batch)
-                )
-                if not status.endswith(" 1"):
-                    stored = await conn.fetchval("SELECT tree_size FROM log_heads WHERE origin = $1", batch.head.origin)
-                    raise _sql.head_conflict(batch, stored)
-                if rows:
-                    # One statement over column arrays: one round trip and one plan for the batch.
-                    await conn.execute(_sql.INSERT_RECORD_ARRAYS_SQL, *(list(column) for column in zip(*rows, strict=True)))
-                if batch.checkpoints:
-                    await conn.executemany(_sql.insert_checkpoint_sql(_sql.dollar), _sql.checkpoint_rows(batch))
+            async with self._append_lock:  # one statement at a time on the kept connection
+                if self._appender is None:
+                    self._appender = await self._pool.acquire()
+                conn = self._appender
+                try:
+                    # Moving the head takes its row lock, which serialises writers of one origin; a
+                    # second gateway writing the same origin then moves no head and inserts nothing
+                    # (READ COMMITTED re-checks the tree size after the lock wait).
+                    moved = await conn.fetchval(
+                        _sql.append_batch_arrays_sql(first=batch.previous_size == 0), *_sql.head_row(batch), *arrays
+                    )
+                    if moved != 1:
+                        stored = await conn.fetchval("SELECT tree_size FROM log_heads WHERE origin = $1", batch.head.origin)
+                        raise _sql.head_conflict(batch, stored)
+                except BaseException as exc:
+                    if not isinstance(exc, StorageError):  # the connection may be broken: let the pool judge it
+                        self._appender = None
+                        await self._pool.release(conn)
+                    raise
 
     async def fetch_origins(self) -> list[str]:
         """Every origin that has a log in this store, sorted."""
@@ -215,4 +226,8 @@ class PostgresStore:
     async def aclose(self) -> None:
         """Close the pool, waiting for connections in use to be released."""
         with _translated("cannot close PostgreSQL pool"):
+            async with self._append_lock:
+                if self._appender is not None:
+                    await self._pool.release(self._appender)
+                    self._appender = None
             await self._pool.close()
