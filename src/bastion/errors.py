@@ -90,6 +90,10 @@ class StorageError(BastionError):
     public_message = "Audit store unavailable; the call was not performed"
 
 
+class HeadConflictError(StorageError):
+    """Raised when an origin's stored tree size is not the one a batch expects; nothing was written."""
+
+
 class AuthenticationError(BastionError):
     """Raised when a credential is missing, malformed, expired or not trusted."""
 

@@ -15,7 +15,7 @@ from bastion.audit.canonical import canonical_bytes
 from bastion.audit.compact import Frontier
 from bastion.audit.entry import LogEntry, StoredCheckpoint
 from bastion.audit.hashing import hash_leaf
-from bastion.errors import ConfigError, StorageError
+from bastion.errors import ConfigError, HeadConflictError, StorageError
 from bastion.storage import _sql
 from bastion.storage import AppendBatch, AuditStore, LogHead, RecordQuery, open_store
 from bastion.storage.base import SearchColumns
@@ -137,10 +137,35 @@ async def test_exactly_one_writer_wins_when_two_race_for_the_same_seq(store: Aud
     b = make_batch(Frontier(), [make_entry("o1", 0, subject="b")])
     results = await asyncio.wait_for(asyncio.gather(store.append_batch(a), store.append_batch(b),
                                                     return_exceptions=True), 10)
-    assert sorted(type(r).__name__ for r in results) == ["NoneType", "StorageError"]
+    assert sorted(type(r).__name__ for r in results) == ["HeadConflictError", "NoneType"]
     stored = await store.fetch_entries("o1", 0, 5)
     assert len(stored) == 1
     assert stored[0] in (a.entries[0], b.entries[0])
+
+
+async def test_batches_queued_behind_one_another_all_commit_in_order(store: AuditStore) -> None:
+    frontier = Frontier()
+    batches = [make_batch(frontier, [make_entry("o1", seq) for seq in range(start, start + 3)]) for start in (0, 3, 6)]
+    other = make_batch(Frontier(), [make_entry("o2", 0)])
+    queued = [store.append_batch(batches[0]), store.append_batch(other), *map(store.append_batch, batches[1:])]
+    await asyncio.wait_for(asyncio.gather(*queued), 10)
+    assert [e.seq for e in await store.fetch_entries("o1", 0, 20)] == list(range(9))
+    assert await store.fetch_head("o1") == LogHead("o1", 9, frontier.hashes)
+    assert await store.fetch_entries("o2", 0, 5) == [make_entry("o2", 0)]
+
+
+async def test_a_batch_queued_behind_a_failing_one_finds_the_head_short_and_writes_nothing(store: AuditStore) -> None:
+    frontier = Frontier()
+    await store.append_batch(make_batch(frontier, [make_entry("o1", 0)]))
+    stale_frontier = Frontier()
+    stale = make_batch(stale_frontier, [make_entry("o1", 0, subject="stale")])  # expects an empty log
+    behind = make_batch(stale_frontier, [make_entry("o1", 1)])  # continues the stale one
+    results = await asyncio.wait_for(
+        asyncio.gather(store.append_batch(stale), store.append_batch(behind), return_exceptions=True), 10
+    )
+    assert [type(r) for r in results] == [HeadConflictError, HeadConflictError]
+    assert await store.fetch_entries("o1", 0, 5) == [make_entry("o1", 0)]
+    assert await store.fetch_head("o1") == LogHead("o1", 1, frontier.hashes)
 
 
 async def test_batch_is_rejected_when_entries_are_not_contiguous(store: AuditStore) -> None:

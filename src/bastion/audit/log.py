@@ -1,15 +1,17 @@
 """The audit writer of one origin: sequences and hashes records as they arrive, commits them in groups.
 
-Owns the origin's seq and Merkle frontier, group commit (records staged while one batch is being
-committed go into the next batch and share its fsync; staging overlaps that commit), fail-closed
-vs best-effort handling of store failures, and checkpoint cadence (every N records, every T
-seconds, heartbeat when idle). The note format and signing are
+Owns the origin's seq and Merkle frontier, group commit (the records staged in one turn of the
+event loop go to the store as one batch, queued behind the batches still committing, so the store
+starts on them the moment the disk is free and merges what queued meanwhile into one fsync),
+fail-closed vs best-effort handling of store failures, and checkpoint cadence (every N records,
+every T seconds, heartbeat when idle). The note format and signing are
 audit/checkpoint.py's; copying checkpoints out of the database is audit/witness.py's ``WitnessFanout``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import math
 import time
@@ -30,7 +32,7 @@ from bastion.audit.record import AuditEvent, EventKind, render_body, render_time
 from bastion.audit.settings import AuditMode, AuditSettings
 from bastion.audit.sinks import SinkFanout, build_sinks
 from bastion.audit.witness import WitnessFanout, WitnessStats, build_witnesses
-from bastion.errors import ConfigError, StorageError
+from bastion.errors import ConfigError, HeadConflictError, StorageError
 from bastion.storage.base import AppendBatch, AuditStore, LogHead, RecordQuery, SearchColumns
 
 log = logging.getLogger(__name__)
@@ -74,6 +76,22 @@ class _Staged:
     waiter: asyncio.Future[Receipt] | None
     entry: LogEntry
     columns: SearchColumns
+    losses: int = 0
+    """For a records_lost record: how many losses it reports."""
+
+
+@dataclass(slots=True)
+class _InFlight:
+    """A batch handed to the store, and what committing it means for the log."""
+
+    batch: list[_Staged]
+    frontier: Frontier
+    checkpoint: StoredCheckpoint | None
+    commit: asyncio.Future[None]
+
+
+MAX_BATCHES_IN_FLIGHT = 8
+"""Batches queued at the store at once; past this, staged records wait and the next batch grows."""
 
 
 class AuditLog:
@@ -108,12 +126,20 @@ class AuditLog:
         """What the store holds (or, while unhealthy, what it held when last known)."""
         self._staged: list[_Staged] = []
         self._staged_frontier = Frontier()
-        """``_frontier`` plus the staged records' leaves: the seq and tree the next record joins."""
+        """``_frontier`` plus the leaves in flight and staged: the seq and tree the next record joins."""
+        self._in_flight: collections.deque[_InFlight] = collections.deque()
+        """Batches at the store, oldest first; they commit (or fail) in this order."""
+        self._in_flight_records = 0
+        self._returned = 0
+        """How many records at the front of ``_staged`` came back from batches that failed only
+        because one before them did (they wait there for recovery, in their old order)."""
         self._work = asyncio.Event()
         self._space = asyncio.Event()
         self._healthy = False
         self._lost_unrecorded = 0
         self._checkpoint_size = -1
+        self._checkpoint_asked = -1
+        """Tree size of the newest checkpoint committed or in flight: the next one is due from here."""
         self._checkpoint_at = -math.inf
         self._task: asyncio.Task[None] | None = None
         self._closing = False
@@ -171,7 +197,7 @@ class AuditLog:
         """
         await self._recover()
         latest = await self._store.fetch_latest_checkpoint(self._origin)
-        self._checkpoint_size = latest.tree_size if latest is not None else -1
+        self._checkpoint_size = self._checkpoint_asked = latest.tree_size if latest is not None else -1
         if self._witnesses is not None:
             self._witnesses.start()
         if self.sinks is not None:
@@ -186,7 +212,7 @@ class AuditLog:
             CanonicalEncodingError: the event holds a value with no canonical JSON form.
         """
         self._check_running()
-        while len(self._staged) >= self._max_staged:
+        while self.staged_records >= self._max_staged:
             self._space.clear()
             await self._space.wait()
             self._check_running()
@@ -202,7 +228,7 @@ class AuditLog:
     @property
     def staged_records(self) -> int:
         """Records sequenced but not yet committed (bounded by ``max_queue_records``)."""
-        return len(self._staged)
+        return len(self._staged) + self._in_flight_records
 
     async def set_mode(self, mode: AuditMode, *, subject: str | None = None, reason: str | None = None) -> Receipt:
         """Switch failure mode; the switch is itself a record, written before it takes effect.
@@ -250,7 +276,7 @@ class AuditLog:
 
     # -- writer task -----------------------------------------------------------------------------
 
-    def _stage(self, event: AuditEvent, waiter: asyncio.Future[Receipt] | None, stamp: str) -> None:
+    def _stage(self, event: AuditEvent, waiter: asyncio.Future[Receipt] | None, stamp: str, losses: int = 0) -> None:
         """Sequence, encode and hash ``event`` onto the staged frontier (synchronous: no await may split it).
 
         Raises:
@@ -261,30 +287,36 @@ class AuditLog:
         body = canonical_bytes(doc)
         entry = LogEntry(self._origin, frontier.size, stamp, event.kind._value_, body, hash_leaf(body))
         frontier.append(entry.leaf_hash)
-        self._staged.append(_Staged(event, stamp, waiter, entry, SearchColumns.from_doc(doc)))
+        self._staged.append(_Staged(event, stamp, waiter, entry, SearchColumns.from_doc(doc), losses))
 
     def _restage(self) -> None:
         """Sequence everything staged again on top of ``_frontier``, after a failure moved it.
 
-        A best-effort loss goes first, as a record of its own, so the gap shows in the log.
+        Only with nothing in flight. A best-effort loss goes first, as a record of its own, so the
+        gap shows in the log.
         """
-        staged = [item for item in self._staged if item.waiter is not None or item.event.kind is not EventKind.RECORDS_LOST]
+        staged = [item for item in self._staged if not item.losses]
         self._staged = []
+        self._returned = 0
         self._staged_frontier = self._frontier.copy()
         if self._lost_unrecorded:
             detail = {"records_lost": self._lost_unrecorded}
             stamp = staged[0].stamp if staged else render_time(self._clock())  # keeps times in seq order
-            self._stage(AuditEvent(kind=EventKind.RECORDS_LOST, detail=detail), None, stamp)
+            self._stage(AuditEvent(kind=EventKind.RECORDS_LOST, detail=detail), None, stamp, self._lost_unrecorded)
         for item in staged:
             self._stage(item.event, item.waiter, item.stamp)  # encoded once already: cannot fail now
 
     async def _serve(self) -> None:
         loss_flushed = False
         while True:
-            if self._staged:
-                await self._commit_staged()
-                continue
-            if self._closing:
+            if self._staged and len(self._in_flight) < MAX_BATCHES_IN_FLIGHT:
+                if self._healthy:
+                    self._submit()
+                    continue
+                if not self._in_flight:  # after a failure, once everything sent has landed or failed
+                    await self._recover_or_refuse()
+                    continue
+            if self._closing and not self._staged and not self._in_flight:
                 if self._lost_unrecorded and not loss_flushed:
                     # Losses are otherwise recorded ahead of the next records; at shutdown there
                     # are none, so the records_lost record goes alone (one try: the store may be down).
@@ -294,32 +326,34 @@ class AuditLog:
                 await self._commit_checkpoint()
                 return
             self._work.clear()
+            if self._staged or self._in_flight:
+                await self._work.wait()  # set by the next append or the next batch that lands
+                continue
             try:
                 async with asyncio.timeout(max(0.0, self._checkpoint_due() - time.monotonic())):
                     await self._work.wait()
             except TimeoutError:
                 await self._commit_checkpoint()
 
+    def _checkpoint_rides_along(self, size: int) -> bool:
+        """Whether the batch ending at ``size`` carries a checkpoint: every N records, or every T
+        seconds under load too (the idle timer in ``_serve`` only fires when nothing is queued)."""
+        if size - max(self._checkpoint_asked, 0) >= self._policy.every_records:
+            return True
+        pending = self._checkpoint_asked > self._checkpoint_size
+        return not pending and time.monotonic() >= self._checkpoint_at + self._policy.every_s
+
     def _checkpoint_due(self) -> float:
         grew = self._frontier.size > self._checkpoint_size
         return self._checkpoint_at + (self._policy.every_s if grew else self._policy.heartbeat_s)
 
-    async def _commit_staged(self) -> None:
-        if not self._healthy:
-            try:
-                await self._recover()
-            except Exception as exc:  # the store's head is unreadable or malformed: refuse, retry next batch
-                failure = exc if isinstance(exc, StorageError) else StorageError(f"cannot reload the log head: {exc}")
-                self._fail(self._take_batch()[0], failure)
-                return
-        batch, frontier = self._take_batch()
+    async def _recover_or_refuse(self) -> None:
         try:
-            await self._write(batch, frontier)
-        except StorageError as exc:
-            self._fail(batch, exc)
-        except Exception as exc:  # a bug must not strand the waiters of this batch
-            log.exception("audit writer failed unexpectedly")
-            self._fail(batch, StorageError(f"audit writer failed: {type(exc).__name__}"))
+            await self._recover()
+        except Exception as exc:  # the store's head is unreadable or malformed: refuse, retry next batch
+            failure = exc if isinstance(exc, StorageError) else StorageError(f"cannot reload the log head: {exc}")
+            self._fail(self._take_batch()[0], failure)
+            self._space.set()
 
     def _take_batch(self) -> tuple[list[_Staged], Frontier]:
         """Unstage the next batch (at most ``max_batch_records``) and the frontier at its end."""
@@ -328,30 +362,76 @@ class AuditLog:
             frontier = self._staged_frontier.copy()
         else:
             batch, self._staged = self._staged[: self._max_batch], self._staged[self._max_batch :]
-            frontier = self._frontier.copy()
+            frontier = (self._in_flight[-1].frontier if self._in_flight else self._frontier).copy()
             for item in batch:
                 frontier.append(item.entry.leaf_hash)
-        self._space.set()
+        self._returned = max(0, self._returned - len(batch))
         return batch, frontier
 
-    async def _write(self, batch: list[_Staged], frontier: Frontier) -> None:
-        due = frontier.size - max(self._checkpoint_size, 0) >= self._policy.every_records
-        checkpoint = self._sign(frontier, self._clock()) if due else None
+    def _submit(self) -> None:
+        """Hand the next batch to the store without waiting for it; ``_landed`` settles it."""
+        batch, frontier = self._take_batch()
+        checkpoint = None
+        if self._checkpoint_rides_along(frontier.size):
+            checkpoint = self._sign(frontier, self._clock())
+            self._checkpoint_asked = frontier.size
         head = LogHead(self._origin, frontier.size, frontier.hashes)
         entries = tuple(item.entry for item in batch)
         columns = tuple(item.columns for item in batch)
-        await self._store.append_batch(AppendBatch(head, entries, (checkpoint,) if checkpoint else (), columns))
-        self._frontier = frontier
-        self._lost_unrecorded = 0
+        commit: asyncio.Future[None]
+        try:
+            commit = asyncio.ensure_future(
+                self._store.append_batch(AppendBatch(head, entries, (checkpoint,) if checkpoint else (), columns))
+            )
+        except Exception as exc:  # refused at the door (store closed, batch malformed): fails like a commit
+            commit = asyncio.get_running_loop().create_future()
+            commit.set_exception(exc)
+        self._in_flight.append(_InFlight(batch, frontier, checkpoint, commit))
+        self._in_flight_records += len(batch)
+        commit.add_done_callback(self._landed)
+
+    def _landed(self, _: asyncio.Future[None]) -> None:
+        """Settle the batches whose commits have returned, oldest first (a store answers in order)."""
+        while self._in_flight and self._in_flight[0].commit.done():
+            flight = self._in_flight.popleft()
+            self._in_flight_records -= len(flight.batch)
+            commit = flight.commit
+            exc = StorageError("audit commit was cancelled") if commit.cancelled() else commit.exception()
+            try:
+                if exc is None:
+                    self._committed(flight)
+                    continue
+                self._checkpoint_asked = self._checkpoint_size
+                if isinstance(exc, HeadConflictError) and not self._healthy:
+                    # Queued behind a batch that failed, it found the head short of where that
+                    # batch was to leave it, and wrote nothing: not its failure. It goes back, in
+                    # order, to be sequenced again after recovery.
+                    self._staged[self._returned : self._returned] = flight.batch
+                    self._returned += len(flight.batch)
+                    continue
+                if not isinstance(exc, StorageError):
+                    log.error("audit writer failed unexpectedly", exc_info=exc)
+                    exc = StorageError(f"audit writer failed: {type(exc).__name__}")
+                self._fail(flight.batch, exc)
+            except Exception as bug:  # a bug must not strand the waiters of this batch
+                log.exception("audit writer failed unexpectedly")
+                self._fail(flight.batch, StorageError(f"audit writer failed: {type(bug).__name__}"))
+        self._work.set()
+        self._space.set()
+
+    def _committed(self, flight: _InFlight) -> None:
+        self._frontier = flight.frontier
+        entries = tuple(item.entry for item in flight.batch)
+        self._lost_unrecorded -= sum(item.losses for item in flight.batch)
         self.stats.records_committed += len(entries)
         self.stats.batches_committed += 1
         if self.sinks is not None:
             self.sinks.offer(entries)  # never blocks or raises: the batch is already committed
-        for item in batch:
+        for item in flight.batch:
             if item.waiter is not None and not item.waiter.done():
                 item.waiter.set_result(Receipt(item.entry.seq, item.entry.leaf_hash))
-        if checkpoint is not None:
-            self._checkpoint_committed(checkpoint)
+        if flight.checkpoint is not None:
+            self._checkpoint_committed(flight.checkpoint)
 
     def _fail(self, batch: list[_Staged], exc: StorageError) -> None:
         """Settle a batch that did not commit; what is still staged is sequenced again before its turn."""
@@ -388,6 +468,7 @@ class AuditLog:
 
     def _checkpoint_committed(self, checkpoint: StoredCheckpoint) -> None:
         self._checkpoint_size = checkpoint.tree_size
+        self._checkpoint_asked = max(self._checkpoint_asked, checkpoint.tree_size)
         self._checkpoint_at = time.monotonic()
         self.stats.checkpoints_committed += 1
         if self._witnesses is not None:

@@ -7,19 +7,21 @@ translation stay in each store module.
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar
 
 from bastion.audit.entry import LogEntry, StoredCheckpoint
-from bastion.errors import StorageError
-from bastion.storage.base import AppendBatch, RecordQuery, SearchColumns, pack_frontier
+from bastion.errors import HeadConflictError
+from bastion.storage.base import AppendBatch, RecordQuery, SearchColumns, check_batch, pack_frontier
 
 Placeholder = Callable[[int], str]
 """Maps a 1-based parameter position to its marker: ``?n`` for sqlite3, ``$n`` for asyncpg."""
+T = TypeVar("T")
 
 ENTRY_COLUMNS = "origin, seq, time, kind, body, leaf_hash"
 CHECKPOINT_COLUMNS = "origin, tree_size, root_hash, note, time"
-"""The columns of ``checkpoint_rows``' tuples, in order."""
+"""The columns of ``AppendRows.checkpoints``' tuples, in order."""
 CHECKPOINT_WIDTH = CHECKPOINT_COLUMNS.count(",") + 1
 MAX_SEARCH_LIMIT = 10_000
 
@@ -35,7 +37,7 @@ def dollar(position: int) -> str:
 
 
 RECORD_COLUMNS = "origin, seq, time, kind, body, leaf_hash, subject, tool, session_id, outcome"
-"""The columns of ``record_rows``' tuples, in order."""
+"""The columns of ``AppendRows.records``' tuples, in order."""
 RECORD_WIDTH = RECORD_COLUMNS.count(",") + 1
 
 
@@ -53,8 +55,8 @@ def append_batch_arrays_sql(*, first: bool) -> str:
     """PostgreSQL: a whole batch as one statement, so one round trip and, outside a transaction
     block, one implicit transaction (no BEGIN and COMMIT round trips).
 
-    Parameters: ``head_row`` ($1-$4), then one array per record column ($5-$14, ``record_rows``
-    transposed), then one per checkpoint column ($15-$19). Records and checkpoints are inserted
+    Parameters: ``AppendRows.head_row`` ($1-$4), then one array per record column ($5-$14, the
+    records transposed), then one per checkpoint column ($15-$19). Records and checkpoints are inserted
     only when the head moved (``RETURNING`` is how a data-modifying WITH passes that on); the
     statement returns how many heads moved, 0 or 1.
     """
@@ -81,7 +83,7 @@ def insert_checkpoint_sql(ph: Placeholder) -> str:
 
 @functools.cache  # built once per shape: the stores ask for it on every batch
 def advance_head_sql(ph: Placeholder, *, first: bool) -> str:
-    """Move an origin's head to ``head_row``'s values only from the tree size given 4th.
+    """Move an origin's head to ``AppendRows.head_row``'s values only from the tree size given 4th.
 
     One statement is both the optimistic check and the write: when another writer has moved the
     head, no row changes. ``first``: the batch expects tree size 0, where the row may not exist yet
@@ -96,32 +98,63 @@ def advance_head_sql(ph: Placeholder, *, first: bool) -> str:
     return f"UPDATE log_heads SET tree_size = {ph(2)}, frontier = {ph(3)} WHERE origin = {ph(1)} AND tree_size = {ph(4)}"
 
 
-def head_conflict(batch: AppendBatch, stored: int | None) -> StorageError:
-    """The error for a batch whose expected tree size is not the stored one."""
-    return StorageError(
-        f"origin {batch.head.origin!r} is at tree size {stored or 0}, batch expects {batch.previous_size}"
-    )
+@dataclass(frozen=True, slots=True)
+class AppendRows:
+    """An ``AppendBatch`` as SQL parameters, built once when it is queued.
+
+    Batches queued while an earlier one commits are merged: when each continues the one before
+    (same origin, its expected tree size is the other's new one), one head move and one INSERT
+    store them all, and they share one outcome.
+    """
+
+    origin: str
+    previous_size: int
+    tree_size: int
+    frontier: bytes
+    records: list[tuple[Any, ...]]
+    """Parameter tuples for ``insert_records_sql``, columns as ``RECORD_COLUMNS``."""
+    checkpoints: list[tuple[Any, ...]]
+    """Parameter tuples for ``insert_checkpoint_sql``, columns as ``CHECKPOINT_COLUMNS``."""
+
+    @classmethod
+    def of(cls, batch: AppendBatch) -> AppendRows:
+        """The batch's parameters; search columns from the batch, else from each body.
+
+        Raises:
+            StorageError: the batch is malformed (see ``check_batch``) or a body is not a JSON object.
+        """
+        check_batch(batch)
+        columns = batch.columns or tuple(SearchColumns.from_body(e.body) for e in batch.entries)
+        records = [
+            (e.origin, e.seq, e.time, e.kind, e.body, e.leaf_hash, c.subject, c.tool, c.session_id, c.outcome)
+            for e, c in zip(batch.entries, columns, strict=True)
+        ]
+        checkpoints = [(c.origin, c.tree_size, c.root_hash, c.note, c.time) for c in batch.checkpoints]
+        head = batch.head
+        return cls(head.origin, batch.previous_size, head.tree_size, pack_frontier(head.frontier), records, checkpoints)
+
+    def head_row(self) -> tuple[Any, ...]:
+        """Parameter tuple for ``advance_head_sql``: the new head, then the tree size it moves from."""
+        return (self.origin, self.tree_size, self.frontier, self.previous_size)
+
+    def conflict(self, stored: int | None) -> HeadConflictError:
+        """The error for rows whose expected tree size is not the stored one."""
+        return HeadConflictError(f"origin {self.origin!r} is at tree size {stored or 0}, batch expects {self.previous_size}")
 
 
-def record_rows(batch: AppendBatch) -> list[tuple[Any, ...]]:
-    """Parameter tuples for ``insert_records_sql``; search columns from the batch, else from each body."""
-    columns = batch.columns or tuple(SearchColumns.from_body(e.body) for e in batch.entries)
-    rows = []
-    for e, cols in zip(batch.entries, columns, strict=True):
-        rows.append(
-            (e.origin, e.seq, e.time, e.kind, e.body, e.leaf_hash, cols.subject, cols.tool, cols.session_id, cols.outcome)
-        )
-    return rows
-
-
-def checkpoint_rows(batch: AppendBatch) -> list[tuple[Any, ...]]:
-    """Parameter tuples for ``insert_checkpoint_sql``."""
-    return [(c.origin, c.tree_size, c.root_hash, c.note, c.time) for c in batch.checkpoints]
-
-
-def head_row(batch: AppendBatch) -> tuple[Any, ...]:
-    """Parameter tuple for ``advance_head_sql``: the new head, then the tree size it moves from."""
-    return (batch.head.origin, batch.head.tree_size, pack_frontier(batch.head.frontier), batch.previous_size)
+def merge_queued(queued: Sequence[tuple[AppendRows, T]]) -> list[tuple[AppendRows, list[T]]]:
+    """Merge each run of queued batches that continue one another; keep the order and each one's tag."""
+    merged: list[tuple[AppendRows, list[T]]] = []
+    for rows, tag in queued:
+        if merged:
+            last, tags = merged[-1]
+            if rows.origin == last.origin and rows.previous_size == last.tree_size:
+                joined = AppendRows(last.origin, last.previous_size, rows.tree_size, rows.frontier,
+                                    last.records + rows.records, last.checkpoints + rows.checkpoints)
+                merged[-1] = (joined, [*tags, tag])
+                continue
+        merged.append((rows, [tag]))
+    return merged
 
 
 COMMON_OUTCOMES = frozenset({"ok"})

@@ -157,11 +157,17 @@ class AuditStore(Protocol):
     Every method raises ``StorageError`` when the store cannot answer; callers fail closed.
     """
 
-    async def append_batch(self, batch: AppendBatch) -> None:
-        """Commit the batch's records, checkpoints and new head in one transaction (durable on return).
+    def append_batch(self, batch: AppendBatch) -> Awaitable[None]:
+        """Queue the batch's records, checkpoints and new head for one transaction, now; the result
+        completes when they are durable.
+
+        A writer may queue the next batch of an origin before the last one has committed (it then
+        expects the tree size the last one leaves): the store commits them in the order queued,
+        may merge them into one transaction, and fails a batch whose expected size is not there.
 
         Raises:
-            StorageError: the write failed, or the stored tree size is not ``batch.previous_size``.
+            StorageError: from the call or from awaiting its result: the batch is malformed, the
+                write failed, or the stored tree size is not ``batch.previous_size``.
         """
 
     async def fetch_origins(self) -> list[str]:

@@ -20,7 +20,7 @@ import asyncpg
 from bastion.audit.entry import LogEntry, StoredCheckpoint
 from bastion.errors import StorageError
 from bastion.storage import _sql
-from bastion.storage.base import AppendBatch, LogHead, RecordQuery, check_batch, iterate_pages, unpack_frontier
+from bastion.storage.base import AppendBatch, LogHead, RecordQuery, iterate_pages, unpack_frontier
 from bastion.storage.migrate import SCHEMA_MIGRATIONS_SQL, pending_migrations
 
 if TYPE_CHECKING:
@@ -45,14 +45,26 @@ def _translated(context: str) -> Iterator[None]:
         raise StorageError(f"{context}: {type(exc).__name__}: {exc}") from exc
 
 
+def _settle(futures: list[asyncio.Future[None]], failure: BaseException | None) -> None:
+    for future in futures:
+        if future.done():
+            continue
+        if failure is None:
+            future.set_result(None)
+        else:
+            future.set_exception(failure)
+
+
 class PostgresStore:
     """``AuditStore`` over PostgreSQL; create with ``await PostgresStore.open(dsn, schema=...)``."""
 
     def __init__(self, pool: asyncpg.Pool) -> None:
         self._pool = pool
+        self._queued: list[tuple[_sql.AppendRows, asyncio.Future[None]]] = []
+        self._committer: asyncio.Task[None] | None = None
         self._appender: asyncpg.pool.PoolConnectionProxy | None = None
         """A pool connection kept for appends: a release would cost a reset round trip per batch."""
-        self._append_lock = asyncio.Lock()
+        self._closed = False
 
     @classmethod
     async def open(cls, dsn: str, *, schema: str | None = None, max_size: int = POOL_MAX_SIZE) -> PostgresStore:
@@ -134,33 +146,56 @@ class PostgresStore:
             async with self._pool.acquire() as conn:
                 return list(await conn.fetch(sql, *params))
 
-    async def append_batch(self, batch: AppendBatch) -> None:
-        """Commit records, checkpoints and head in one transaction; see ``AuditStore.append_batch``."""
-        check_batch(batch)
-        records = _sql.record_rows(batch)
-        checkpoints = _sql.checkpoint_rows(batch)
-        arrays = [list(c) for c in zip(*records, strict=True)] if records else [[] for _ in range(_sql.RECORD_WIDTH)]
-        arrays += [list(c) for c in zip(*checkpoints, strict=True)] if checkpoints else [[] for _ in range(_sql.CHECKPOINT_WIDTH)]
-        with _translated("PostgreSQL append failed"):
-            async with self._append_lock:  # one statement at a time on the kept connection
-                if self._appender is None:
-                    self._appender = await self._pool.acquire()
-                conn = self._appender
-                try:
-                    # Moving the head takes its row lock, which serialises writers of one origin; a
-                    # second gateway writing the same origin then moves no head and inserts nothing
-                    # (READ COMMITTED re-checks the tree size after the lock wait).
-                    moved = await conn.fetchval(
-                        _sql.append_batch_arrays_sql(first=batch.previous_size == 0), *_sql.head_row(batch), *arrays
-                    )
-                    if moved != 1:
-                        stored = await conn.fetchval("SELECT tree_size FROM log_heads WHERE origin = $1", batch.head.origin)
-                        raise _sql.head_conflict(batch, stored)
-                except BaseException as exc:
-                    if not isinstance(exc, StorageError):  # the connection may be broken: let the pool judge it
-                        self._appender = None
-                        await self._pool.release(conn)
-                    raise
+    def append_batch(self, batch: AppendBatch) -> asyncio.Future[None]:
+        """Queue records, checkpoints and head for one transaction; see ``AuditStore.append_batch``."""
+        if self._closed:
+            raise StorageError("PostgreSQL store is closed")
+        rows = _sql.AppendRows.of(batch)
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._queued.append((rows, future))
+        if self._committer is None:
+            self._committer = asyncio.create_task(self._commit_queued(), name="bastion-postgres-appends")
+        return future
+
+    async def _commit_queued(self) -> None:
+        """Commit what is queued, one statement per run of batches that continue one another, until none is left."""
+        queued: list[tuple[_sql.AppendRows, asyncio.Future[None]]] = []
+        try:
+            while self._queued:
+                queued, self._queued = self._queued, []
+                for rows, futures in _sql.merge_queued(queued):
+                    try:
+                        with _translated("PostgreSQL append failed"):
+                            await self._append_rows(rows)
+                    except Exception as exc:
+                        _settle(futures, exc)
+                    else:
+                        _settle(futures, None)
+        finally:
+            self._committer = None
+            # Reached with futures unsettled only when this task is cancelled: nothing may wait forever.
+            stopped = StorageError("PostgreSQL appends stopped before this batch was committed")
+            _settle([future for _, future in queued + self._queued], stopped)
+            self._queued = []
+
+    async def _append_rows(self, rows: _sql.AppendRows) -> None:
+        if self._appender is None:
+            self._appender = await self._pool.acquire()
+        conn = self._appender
+        try:
+            # Moving the head takes its row lock, which serialises writers of one origin; a second
+            # gateway writing the same origin then moves no head and inserts nothing (READ
+            # COMMITTED re-checks the tree size after the lock wait). One statement, autocommit.
+            arrays = [list(c) for c in zip(*rows.records, strict=True)] or [[] for _ in range(_sql.RECORD_WIDTH)]
+            arrays += [list(c) for c in zip(*rows.checkpoints, strict=True)] or [[] for _ in range(_sql.CHECKPOINT_WIDTH)]
+            sql = _sql.append_batch_arrays_sql(first=rows.previous_size == 0)
+            if await conn.fetchval(sql, *rows.head_row(), *arrays) != 1:
+                raise rows.conflict(await conn.fetchval("SELECT tree_size FROM log_heads WHERE origin = $1", rows.origin))
+        except BaseException as exc:
+            if not isinstance(exc, StorageError):  # the connection may be broken: let the pool judge it
+                self._appender = None
+                await self._pool.release(conn)
+            raise
 
     async def fetch_origins(self) -> list[str]:
         """Every origin that has a log in this store, sorted."""
@@ -225,9 +260,11 @@ class PostgresStore:
 
     async def aclose(self) -> None:
         """Close the pool, waiting for connections in use to be released."""
+        self._closed = True
+        if self._committer is not None:
+            await asyncio.wait([self._committer])  # what is queued is committed first
         with _translated("cannot close PostgreSQL pool"):
-            async with self._append_lock:
-                if self._appender is not None:
-                    await self._pool.release(self._appender)
-                    self._appender = None
+            if self._appender is not None:
+                await self._pool.release(self._appender)
+                self._appender = None
             await self._pool.close()

@@ -2,7 +2,9 @@
 
 Every write is a job on a queue consumed by one dedicated thread that owns the only writing
 connection (WAL, synchronous=FULL); the thread drains everything queued into one transaction,
-each job inside its own savepoint, so concurrent batches share one fsync. Reads of a file
+each job inside its own savepoint, so concurrent batches share one fsync. Appends queued while a
+commit is on the disk are merged when each continues the one before, and the thread starts on
+them as soon as that commit returns, without a trip through the event loop. Reads of a file
 database use separate connections in a small executor; an in-memory database serves reads on the
 writer thread, since its data is invisible to other connections.
 """
@@ -10,6 +12,7 @@ writer thread, since its data is invisible to other connections.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import queue
 import sqlite3
@@ -24,7 +27,7 @@ from typing import Any, TypeVar
 from bastion.audit.entry import LogEntry, StoredCheckpoint
 from bastion.errors import StorageError
 from bastion.storage import _sql
-from bastion.storage.base import AppendBatch, LogHead, RecordQuery, check_batch, iterate_pages, unpack_frontier
+from bastion.storage.base import AppendBatch, LogHead, RecordQuery, iterate_pages, unpack_frontier
 from bastion.storage.migrate import SCHEMA_MIGRATIONS_SQL, pending_migrations
 from bastion.storage.sqlite_approvals import SqliteApprovalStore
 from bastion.storage.sqlite_keys import SqliteApiKeyStore
@@ -47,6 +50,8 @@ class _Job:
     future: asyncio.Future[Any]
     loop: asyncio.AbstractEventLoop
     write: bool
+    append: _sql.AppendRows | None = None
+    """Set for an audit append, which the thread may merge with the appends queued after it."""
     outcome: tuple[bool, Any] = field(default=(False, None))
 
 
@@ -75,6 +80,31 @@ def _insert_records(conn: sqlite3.Connection, rows: list[tuple[Any, ...]]) -> No
     for start in range(0, len(rows), INSERT_ROWS_PER_STATEMENT):
         chunk = rows[start : start + INSERT_ROWS_PER_STATEMENT]
         conn.execute(_sql.insert_records_sql(_sql.qmark, len(chunk)), [value for row in chunk for value in row])
+
+
+def _append_rows(conn: sqlite3.Connection, rows: _sql.AppendRows) -> None:
+    if conn.execute(_sql.advance_head_sql(_sql.qmark, first=rows.previous_size == 0), rows.head_row()).rowcount != 1:
+        found = conn.execute("SELECT tree_size FROM log_heads WHERE origin = ?", (rows.origin,)).fetchone()
+        raise rows.conflict(found[0] if found else None)
+    _insert_records(conn, rows.records)
+    if rows.checkpoints:
+        conn.executemany(_sql.insert_checkpoint_sql(_sql.qmark), rows.checkpoints)
+
+
+def _units(writes: list[_Job]) -> list[tuple[Callable[[sqlite3.Connection], Any], list[_Job]]]:
+    """The writes to run, in order: each run of appends that continue one another becomes one."""
+    units: list[tuple[Callable[[sqlite3.Connection], Any], list[_Job]]] = []
+    appends: list[tuple[_sql.AppendRows, _Job]] = []
+    for job in [*writes, None]:
+        if job is not None and job.append is not None:
+            appends.append((job.append, job))
+            continue
+        for rows, jobs in _sql.merge_queued(appends):
+            units.append((functools.partial(_append_rows, rows=rows), jobs))
+        appends.clear()
+        if job is not None:
+            units.append((job.run, [job]))
+    return units
 
 
 def _migrate(conn: sqlite3.Connection) -> None:
@@ -180,42 +210,47 @@ class SqliteStore:
 
     @staticmethod
     def _commit_group(conn: sqlite3.Connection, writes: list[_Job]) -> None:
+        units = _units(writes)
         try:
             conn.execute("BEGIN IMMEDIATE")
-            if len(writes) == 1:
+            if len(units) == 1:
                 # The common case: no neighbour to protect. Every statement spared is one less wait
                 # for the GIL while the event loop thread is busy.
-                [job] = writes
-                job.outcome = _attempt(job.run, conn)
-                conn.execute("COMMIT" if job.outcome[0] else "ROLLBACK")
-                return
-            for job in writes:
-                # A savepoint per job: one failing batch is undone without failing its neighbours.
-                conn.execute("SAVEPOINT job")
-                job.outcome = _attempt(job.run, conn)
-                if not job.outcome[0]:
-                    conn.execute("ROLLBACK TO job")
-                conn.execute("RELEASE job")
-            conn.execute("COMMIT")
+                outcomes = [_attempt(units[0][0], conn)]
+                conn.execute("COMMIT" if outcomes[0][0] else "ROLLBACK")
+            else:
+                outcomes = []
+                for run, _ in units:
+                    # A savepoint per unit: one failing is undone without failing its neighbours.
+                    conn.execute("SAVEPOINT job")
+                    outcomes.append(_attempt(run, conn))
+                    if not outcomes[-1][0]:
+                        conn.execute("ROLLBACK TO job")
+                    conn.execute("RELEASE job")
+                conn.execute("COMMIT")
         except sqlite3.Error as exc:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
-            failure = _translate(exc, "SQLite commit failed")
-            for job in writes:
-                job.outcome = (False, failure)
+            outcomes = [(False, _translate(exc, "SQLite commit failed"))] * len(units)
+        for (_, jobs), outcome in zip(units, outcomes, strict=True):
+            for job in jobs:
+                job.outcome = outcome
 
     # -- submission ------------------------------------------------------------------------------
 
     async def _write(self, run: Callable[[sqlite3.Connection], T]) -> T:
         return await self._submit(run, write=True)
 
-    async def _submit(self, run: Callable[[sqlite3.Connection], T], *, write: bool) -> T:
+    def _submit(
+        self, run: Callable[[sqlite3.Connection], T], *, write: bool, append: _sql.AppendRows | None = None
+    ) -> asyncio.Future[T]:
+        """Queue a job for the writer thread now; the future settles when it has run."""
         if self._closed:
             raise StorageError("SQLite store is closed")
         loop = asyncio.get_running_loop()
         future: asyncio.Future[T] = loop.create_future()
-        self._jobs.put(_Job(run, future, loop, write))
-        return await future
+        self._jobs.put(_Job(run, future, loop, write, append))
+        return future
 
     async def _read(self, run: Callable[[sqlite3.Connection], T]) -> T:
         if self._reader_pool is None:
@@ -264,23 +299,10 @@ class SqliteStore:
 
     # -- AuditStore ------------------------------------------------------------------------------
 
-    async def append_batch(self, batch: AppendBatch) -> None:
-        """Commit records, checkpoints and head in one transaction; see ``AuditStore.append_batch``."""
-        check_batch(batch)
-        rows = _sql.record_rows(batch)
-        checkpoints = _sql.checkpoint_rows(batch)
-        head = _sql.head_row(batch)
-
-        def run(conn: sqlite3.Connection) -> None:
-            advance = _sql.advance_head_sql(_sql.qmark, first=batch.previous_size == 0)
-            if conn.execute(advance, head).rowcount != 1:
-                found = conn.execute("SELECT tree_size FROM log_heads WHERE origin = ?", (batch.head.origin,)).fetchone()
-                raise _sql.head_conflict(batch, found[0] if found else None)
-            _insert_records(conn, rows)
-            if checkpoints:
-                conn.executemany(_sql.insert_checkpoint_sql(_sql.qmark), checkpoints)
-
-        await self._write(run)
+    def append_batch(self, batch: AppendBatch) -> asyncio.Future[None]:
+        """Queue records, checkpoints and head for one transaction; see ``AuditStore.append_batch``."""
+        rows = _sql.AppendRows.of(batch)
+        return self._submit(functools.partial(_append_rows, rows=rows), write=True, append=rows)
 
     async def fetch_origins(self) -> list[str]:
         """Every origin that has a log in this store, sorted."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import math
 import socket
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +43,10 @@ class FlakyStore:
         self.fail_after_commit = False
         self.fail_next_batches = 0
         """Fail this many more record batches before they commit, whatever the flags say."""
+        self.fail_after_next_batches = 0
+        """Commit this many more record batches, then report each as failed."""
+        self.fail_if: Callable[[AppendBatch], bool] = lambda batch: False
+        """Fail a batch before it commits when this says so."""
         self.gate: asyncio.Event | None = None
         self.entered = asyncio.Event()
         self.records_entered = asyncio.Event()
@@ -57,10 +61,13 @@ class FlakyStore:
         if self.fail_next_batches and batch.entries:
             self.fail_next_batches -= 1
             raise StorageError("disk on fire, briefly")
-        if self.fail_before_commit:
+        if self.fail_before_commit or self.fail_if(batch):
             raise StorageError("disk on fire")
         await self.inner.append_batch(batch)
         self.batches.append(batch)
+        if self.fail_after_next_batches and batch.entries:
+            self.fail_after_next_batches -= 1
+            raise StorageError("connection lost after commit")
         if self.fail_after_commit:
             raise StorageError("connection lost after commit")
 
@@ -284,7 +291,7 @@ async def test_records_arriving_during_a_commit_are_sequenced_at_once_and_share_
     await asyncio.wait_for(store.records_entered.wait(), WAIT_S)  # seq 0 is being committed
     later = [asyncio.create_task(log.append(event(i))) for i in range(1, 6)]
     await asyncio.sleep(0)
-    assert log.staged_records == 5  # sequenced and hashed while the store works, not after
+    assert log.staged_records == 6  # the five sequenced and hashed while the store works, not after
     store.gate.set()
     receipts = await asyncio.wait_for(asyncio.gather(first, *later), WAIT_S)
     await log.aclose()
@@ -317,7 +324,7 @@ async def test_staged_records_take_the_failed_batchs_seqs_when_it_did_not_land(s
 
 async def test_staged_records_follow_a_failed_batch_that_landed_after_all(store: FlakyStore, key: SigningKey) -> None:
     store.gate = asyncio.Event()
-    store.fail_after_commit = True
+    store.fail_after_next_batches = 1
     log = make_log(store, key)
     await log.start()
     landed = asyncio.create_task(log.append(event(0)))
@@ -327,7 +334,6 @@ async def test_staged_records_follow_a_failed_batch_that_landed_after_all(store:
     store.gate.set()
     with pytest.raises(StorageError):
         await asyncio.wait_for(landed, WAIT_S)
-    store.fail_after_commit = False
     assert (await asyncio.wait_for(staged, WAIT_S)).seq == 1  # seq 0 is in the store
     await log.aclose()
     assert [e.seq for e in await store.fetch_entries(ORIGIN, 0, 10)] == [0, 1]
@@ -337,7 +343,15 @@ async def test_one_loss_record_precedes_staged_records_when_best_effort_failures
     store: FlakyStore, key: SigningKey
 ) -> None:
     store.gate = asyncio.Event()
-    store.fail_next_batches = 2
+    doomed = ["request", "records_lost"]  # the first batch, then the first loss record
+
+    def fail_if(batch: AppendBatch) -> bool:
+        if doomed and batch.entries[0].kind == doomed[0]:
+            doomed.pop(0)
+            return True
+        return False
+
+    store.fail_if = fail_if
     log = make_log(store, key, mode=AuditMode.BEST_EFFORT, max_batch_records=1)
     await log.start()
     tasks = [asyncio.create_task(log.append(event(i))) for i in range(4)]
@@ -345,8 +359,10 @@ async def test_one_loss_record_precedes_staged_records_when_best_effort_failures
     store.gate.set()
     receipts = await asyncio.wait_for(asyncio.gather(*tasks), WAIT_S)
     await log.aclose()
-    # The first failure loses seq 0's record; the second hits the loss record itself, which is
-    # then written once, ahead of the records that were staged behind it all along.
+    assert not doomed
+    # The first failure loses seq 0's record; the batches queued behind it find the head short
+    # and come back. The second failure hits the loss record itself, which is then written once,
+    # ahead of the records that were staged behind it all along.
     assert [r.durable for r in receipts] == [False, True, True, True]
     stored = await store.fetch_entries(ORIGIN, 0, 10)
     assert [e.kind for e in stored] == ["records_lost", "request", "request", "request"]
@@ -395,6 +411,28 @@ async def test_witness_gets_a_timed_checkpoint_when_records_arrive(store: FlakyS
     await witness.wait_for(lambda got: any(c.tree_size == 1 for c in got))
     await log.aclose()
     assert witness.received == await store.fetch_checkpoints(ORIGIN)
+
+
+async def test_timed_checkpoints_ride_with_batches_when_the_log_is_never_idle(store: FlakyStore, key: SigningKey) -> None:
+    slow_append = store.inner.append_batch
+
+    async def append_slowly(batch: AppendBatch) -> None:
+        await asyncio.sleep(0.005)  # a commit is always on its way: the idle timer never gets a turn
+        await slow_append(batch)
+
+    store.inner.append_batch = append_slowly  # type: ignore[method-assign]
+    log = make_log(store, key, checkpoints=CheckpointPolicy(every_records=1_000_000, every_s=0.05, heartbeat_s=3600))
+    await log.start()
+    deadline = asyncio.get_running_loop().time() + 0.4
+
+    async def caller(n: int) -> None:
+        while asyncio.get_running_loop().time() < deadline:
+            await log.append(event(n))
+
+    await asyncio.wait_for(asyncio.gather(*(caller(n) for n in range(4))), WAIT_S)
+    under_load = log.stats.checkpoints_committed
+    await log.aclose()
+    assert under_load >= 3, under_load
 
 
 async def test_heartbeat_checkpoints_repeat_when_the_log_is_idle(store: FlakyStore, key: SigningKey) -> None:
