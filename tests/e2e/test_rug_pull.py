@@ -65,6 +65,33 @@ async def test_changed_tool_is_blocked_until_approved_when_mode_is_block(tmp_pat
     ]
 
 
+async def test_call_is_refused_and_recorded_when_the_upstream_cannot_list_its_tools(tmp_path: Path) -> None:
+    """After a restart nothing is known to be blocked until the tools are listed again: when that
+    listing fails, the call cannot be checked against its pin, so it must not go through."""
+    description = tmp_path / "description.txt"
+    description.write_text(HONEST)
+    with running_gateway(config(description, "block"), workdir=str(tmp_path)) as base:
+        async with Client(f"{base}/servers/db/mcp") as client:
+            assert [t.description for t in (await client.list_tools()).tools] == [HONEST]
+    description.write_text(POISONED)  # changed while the gateway was down
+    description.unlink()  # ... and the listing now fails
+    with running_gateway(config(description, "block"), workdir=str(tmp_path)) as base:
+        async with Client(f"{base}/servers/db/mcp") as client:
+            with pytest.raises(MCPError) as info:
+                await client.call_tool("query", {"sql": "select 1"})
+            assert info.value.error.code == codes.POLICY_DENIED
+            assert (info.value.error.data or {}).get("reason") == "listing_unavailable"
+            assert "did not list its tools" in info.value.error.message
+    store = await open_store(f"sqlite:///{tmp_path}/audit.db")
+    try:
+        denied = await store.search_entries(RecordQuery(tool="query", outcome="denied"))
+    finally:
+        await store.aclose()
+    assert denied, "the refused call left no record"
+    error = json.loads(denied[0].body)["result"]["error"]
+    assert (error["code"], error["data"]["reason"]) == (codes.POLICY_DENIED, "listing_unavailable")
+
+
 async def test_changed_tool_is_hidden_and_unknown_when_mode_is_hide(tmp_path: Path) -> None:
     description = tmp_path / "description.txt"
     description.write_text(HONEST)

@@ -83,6 +83,17 @@ class PolicyStage:
         principal = ex.caller.principal
         trusted = ex.upstream in self._trusted
         listed = ex.caller.listed_names.get((ex.upstream, target.value)) if target in _NAMED else None
+        if target in _NAMED and listed is None:
+            # proxy/endpoint.py lists the upstream first when this caller has not: that listing
+            # failed. Which names exist, their annotations and their pins are unknown, so the call
+            # cannot be decided (after a restart, a changed tool would otherwise pass unreviewed).
+            ex.notes.outcome = "denied"
+            ex.notes.reason = f"the upstream's {target.value} listing could not be read"
+            ex.notes.policy_hash = engine.policy_hash
+            raise DenialError(
+                f"Refused: upstream {ex.upstream!r} did not list its {target.value}s, so the call cannot be checked",
+                data={"upstream": ex.upstream, "reason": "listing_unavailable"},
+            )
         if target is not Target.OTHER and (
             (listed is not None and name not in listed)
             or not engine.visible(principal.subject, principal.groups, ex.upstream, target, name, annotations, trusted)
