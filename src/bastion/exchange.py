@@ -94,6 +94,8 @@ class Exchange:
     """The tool/prompt name or resource URI as the upstream knows it, when the method has one."""
     shown_name: str | None = None
     """The same name as the client wrote it, when that differs (the federated endpoint's namespace)."""
+    listing_failed: bool = False
+    """The upstream's tools or prompts were listed for this call first, and that listing failed."""
     traceparent: str | None = None
     progress: Callable[[str], Awaitable[None]] | None = None
     """Sends a progress message to the client for this request, when it asked for progress."""

@@ -168,6 +168,26 @@ async def test_a_batch_queued_behind_a_failing_one_finds_the_head_short_and_writ
     assert await store.fetch_head("o1") == LogHead("o1", 1, frontier.hashes)
 
 
+@pytest.mark.postgres
+async def test_postgres_appends_go_on_when_the_server_drops_the_kept_connection(tmp_path: Path) -> None:
+    async with provision("postgres", tmp_path) as url:
+        store = await open_store(url)
+        try:
+            frontier = Frontier()
+            await store.append_batch(make_batch(frontier, [make_entry("o1", 0)]))
+            pid = store._appender.get_server_pid()  # type: ignore[attr-defined]  # the connection appends use
+            admin = await asyncpg.connect(PG_DSN)
+            try:
+                assert await admin.fetchval("SELECT pg_terminate_backend($1)", pid)
+            finally:
+                await admin.close()
+            await asyncio.sleep(0.2)  # asyncpg notices and hands the connection back to its pool
+            await asyncio.wait_for(store.append_batch(make_batch(frontier, [make_entry("o1", 1)])), 10)
+            assert [e.seq for e in await store.fetch_entries("o1", 0, 5)] == [0, 1]
+        finally:
+            await store.aclose()
+
+
 async def test_batch_is_rejected_when_entries_are_not_contiguous(store: AuditStore) -> None:
     frontier = Frontier()
     entries = [make_entry("o1", 0), make_entry("o1", 2)]

@@ -372,18 +372,18 @@ class AuditLog:
         """Hand the next batch to the store without waiting for it; ``_landed`` settles it."""
         batch, frontier = self._take_batch()
         checkpoint = None
-        if self._checkpoint_rides_along(frontier.size):
-            checkpoint = self._sign(frontier, self._clock())
-            self._checkpoint_asked = frontier.size
-        head = LogHead(self._origin, frontier.size, frontier.hashes)
-        entries = tuple(item.entry for item in batch)
-        columns = tuple(item.columns for item in batch)
         commit: asyncio.Future[None]
         try:
+            if self._checkpoint_rides_along(frontier.size):
+                checkpoint = self._sign(frontier, self._clock())
+                self._checkpoint_asked = frontier.size
+            head = LogHead(self._origin, frontier.size, frontier.hashes)
+            entries = tuple(item.entry for item in batch)
+            columns = tuple(item.columns for item in batch)
             commit = asyncio.ensure_future(
                 self._store.append_batch(AppendBatch(head, entries, (checkpoint,) if checkpoint else (), columns))
             )
-        except Exception as exc:  # refused at the door (store closed, batch malformed): fails like a commit
+        except Exception as exc:  # refused at the door (store closed, signing failed): fails like a commit
             commit = asyncio.get_running_loop().create_future()
             commit.set_exception(exc)
         self._in_flight.append(_InFlight(batch, frontier, checkpoint, commit))
@@ -439,9 +439,11 @@ class AuditLog:
         self.stats.store_failures += 1
         waiting = [item.waiter for item in batch if item.waiter is not None and not item.waiter.done()]
         if self._mode is AuditMode.BEST_EFFORT:
-            self._lost_unrecorded += len(waiting)
-            self.stats.records_lost += len(waiting)
-            log.error("audit store failed; %d records lost (best_effort mode): %s", len(waiting), exc)
+            # A caller that gave up (its waiter cancelled) still had a record in this batch.
+            lost = sum(1 for item in batch if item.waiter is not None and (item.waiter.cancelled() or not item.waiter.done()))
+            self._lost_unrecorded += lost
+            self.stats.records_lost += lost
+            log.error("audit store failed; %d records lost (best_effort mode): %s", lost, exc)
             for waiter in waiting:
                 waiter.set_result(Receipt(None, None, durable=False))
             return

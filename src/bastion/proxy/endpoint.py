@@ -64,10 +64,12 @@ async def _run(
 ) -> Reply:
     """Run one upstream-bound exchange through the pipeline (``shown_name``: the name as the client wrote it)."""
     listing = _LISTING_FOR.get(method)
+    listing_failed = False
     if listing is not None and (link.name, listing[1]) not in session.caller.listed_names:
         # Policy must know the upstream's tools or prompts (annotations, and which names exist at
         # all) before it decides on a call, even when the client never listed them.
         await _list_all(session, link, listing[0], request_id)
+        listing_failed = (link.name, listing[1]) not in session.caller.listed_names
     inflight = session.inflight_for(request_id)
 
     async def deliver(ex: Exchange) -> Reply:
@@ -77,6 +79,7 @@ async def _run(
 
     ex = session.exchange(method, params, request_id, link.name, deliver, name=target_name(method, params))
     ex.shown_name = shown_name
+    ex.listing_failed = listing_failed
     ex.ask_client = functools.partial(session.ask_client, related=inflight)
     if inflight is not None:
         ex.traceparent = inflight.traceparent

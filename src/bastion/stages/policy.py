@@ -83,8 +83,8 @@ class PolicyStage:
         principal = ex.caller.principal
         trusted = ex.upstream in self._trusted
         listed = ex.caller.listed_names.get((ex.upstream, target.value)) if target in _NAMED else None
-        if target in _NAMED and listed is None:
-            # proxy/endpoint.py lists the upstream first when this caller has not: that listing
+        if target in _NAMED and ex.listing_failed:
+            # proxy/endpoint.py lists the upstream first when this caller has not, and that listing
             # failed. Which names exist, their annotations and their pins are unknown, so the call
             # cannot be decided (after a restart, a changed tool would otherwise pass unreviewed).
             ex.notes.outcome = "denied"

@@ -55,6 +55,14 @@ def _settle(futures: list[asyncio.Future[None]], failure: BaseException | None) 
             future.set_exception(failure)
 
 
+def _attached(conn: asyncpg.pool.PoolConnectionProxy) -> bool:
+    """Whether a kept pool connection is still open and still ours."""
+    try:
+        return not conn.is_closed()
+    except asyncpg.InterfaceError:  # "connection has been released back to the pool"
+        return False
+
+
 class PostgresStore:
     """``AuditStore`` over PostgreSQL; create with ``await PostgresStore.open(dsn, schema=...)``."""
 
@@ -153,7 +161,7 @@ class PostgresStore:
         rows = _sql.AppendRows.of(batch)
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._queued.append((rows, future))
-        if self._committer is None:
+        if self._committer is None or self._committer.done():  # done: cancelled before its first step
             self._committer = asyncio.create_task(self._commit_queued(), name="bastion-postgres-appends")
         return future
 
@@ -179,6 +187,8 @@ class PostgresStore:
             self._queued = []
 
     async def _append_rows(self, rows: _sql.AppendRows) -> None:
+        if self._appender is not None and not _attached(self._appender):
+            self._appender = None  # the server closed it; asyncpg already gave it back to the pool
         if self._appender is None:
             self._appender = await self._pool.acquire()
         conn = self._appender

@@ -370,6 +370,41 @@ async def test_one_loss_record_precedes_staged_records_when_best_effort_failures
     assert [r.seq for r in receipts[1:]] == [1, 2, 3]
 
 
+async def test_a_batch_is_refused_not_stranded_when_its_checkpoint_cannot_be_signed(
+    store: FlakyStore, key: SigningKey, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    log = make_log(store, key, checkpoints=CheckpointPolicy(every_records=1, every_s=3600, heartbeat_s=3600))
+    await log.start()
+    sign = log._sign
+
+    def sign_fails_once(*args: Any) -> Any:
+        monkeypatch.setattr(log, "_sign", sign)
+        raise RuntimeError("signing key unavailable")
+
+    assert (await asyncio.wait_for(log.append(event(0)), WAIT_S)).seq == 0
+    monkeypatch.setattr(log, "_sign", sign_fails_once)
+    with pytest.raises(StorageError):
+        await asyncio.wait_for(log.append(event(1)), WAIT_S)
+    assert (await asyncio.wait_for(log.append(event(2)), WAIT_S)).seq == 1  # the writer lives on
+    await log.aclose()
+
+
+async def test_a_record_whose_caller_gave_up_is_counted_when_its_batch_is_lost(store: FlakyStore, key: SigningKey) -> None:
+    store.gate = asyncio.Event()
+    store.fail_next_batches = 1
+    log = make_log(store, key, mode=AuditMode.BEST_EFFORT)
+    await log.start()
+    gone = asyncio.create_task(log.append(event(0)))
+    await asyncio.wait_for(store.records_entered.wait(), WAIT_S)
+    gone.cancel()  # the client went away while its record was being committed
+    store.gate.set()
+    assert (await asyncio.wait_for(log.append(event(1)), WAIT_S)).durable
+    await log.aclose()
+    stored = await store.fetch_entries(ORIGIN, 0, 10)
+    assert [e.kind for e in stored] == ["records_lost", "request"]
+    assert orjson.loads(stored[0].body)["detail"] == {"records_lost": 1}
+
+
 async def test_waiters_are_refused_not_stranded_when_the_head_cannot_be_reloaded(store: FlakyStore, key: SigningKey) -> None:
     log = make_log(store, key)
     await log.start()
