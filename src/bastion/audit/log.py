@@ -141,6 +141,8 @@ class AuditLog:
         self._checkpoint_asked = -1
         """Tree size of the newest checkpoint committed or in flight: the next one is due from here."""
         self._checkpoint_at = -math.inf
+        self._last_note = ""
+        """The note of the newest checkpoint this writer committed."""
         self._task: asyncio.Task[None] | None = None
         self._closing = False
         self.stats = AuditLogStats()
@@ -307,7 +309,7 @@ class AuditLog:
             self._stage(item.event, item.waiter, item.stamp)  # encoded once already: cannot fail now
 
     async def _serve(self) -> None:
-        loss_flushed = False
+        loss_flushed = final_round = False
         while True:
             if self._staged and len(self._in_flight) < MAX_BATCHES_IN_FLIGHT:
                 if self._healthy:
@@ -324,7 +326,12 @@ class AuditLog:
                     self._restage()
                     continue
                 await self._commit_checkpoint()
-                return
+                if not self._staged or final_round:
+                    return
+                # The checkpoint's recovery found the store back and staged the records_lost
+                # record again: one more round writes it (one only: the store may fail again).
+                final_round = True
+                continue
             self._work.clear()
             if self._staged or self._in_flight:
                 await self._work.wait()  # set by the next append or the next batch that lands
@@ -472,6 +479,7 @@ class AuditLog:
         self._checkpoint_size = checkpoint.tree_size
         self._checkpoint_asked = max(self._checkpoint_asked, checkpoint.tree_size)
         self._checkpoint_at = time.monotonic()
+        self._last_note = checkpoint.note
         self.stats.checkpoints_committed += 1
         if self._witnesses is not None:
             self._witnesses.submit(checkpoint)
@@ -482,6 +490,11 @@ class AuditLog:
             if not self._healthy:
                 await self._recover()
             checkpoint = self._sign(self._frontier, self._clock())
+            if checkpoint.note == self._last_note:
+                # The same size in the same millisecond: the newest checkpoint says it already
+                # (a batch's checkpoint just before close); a copy adds nothing a verifier could use.
+                self._checkpoint_at = time.monotonic()
+                return
             head = LogHead(self._origin, self._frontier.size, self._frontier.hashes)
             await self._store.append_batch(AppendBatch(head, (), (checkpoint,)))
         except Exception as exc:  # a failed checkpoint refuses no caller; it is counted and retried

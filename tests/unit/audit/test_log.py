@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import math
 import socket
+from datetime import UTC, datetime
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -405,6 +406,40 @@ async def test_a_record_whose_caller_gave_up_is_counted_when_its_batch_is_lost(s
     assert orjson.loads(stored[0].body)["detail"] == {"records_lost": 1}
 
 
+async def test_losses_are_recorded_at_shutdown_when_the_store_comes_back_after_a_failed_try(
+    store: FlakyStore, key: SigningKey
+) -> None:
+    doomed = ["request", "records_lost"]  # the call's record, then the first try of the loss record
+
+    def fail_if(batch: AppendBatch) -> bool:
+        if doomed and batch.entries and batch.entries[0].kind == doomed[0]:
+            doomed.pop(0)
+            return True
+        return False
+
+    store.fail_if = fail_if
+    log = make_log(store, key, mode=AuditMode.BEST_EFFORT)
+    await log.start()
+    assert not (await asyncio.wait_for(log.append(event(0)), WAIT_S)).durable
+    await asyncio.wait_for(log.aclose(), WAIT_S)
+    assert not doomed
+    stored = await store.fetch_entries(ORIGIN, 0, 10)
+    assert [(e.kind, orjson.loads(e.body)["detail"]) for e in stored] == [("records_lost", {"records_lost": 1})]
+
+
+async def test_no_checkpoint_is_stored_twice_when_close_follows_a_batch_checkpoint_at_once(
+    store: FlakyStore, key: SigningKey
+) -> None:
+    moment = datetime(2026, 11, 25, 6, 0, tzinfo=UTC)  # every checkpoint signed in the same millisecond
+    log = make_log(store, key, clock=lambda: moment,
+                   checkpoints=CheckpointPolicy(every_records=1, every_s=3600, heartbeat_s=3600))
+    await log.start()
+    await asyncio.wait_for(log.append(event(1)), WAIT_S)  # its batch carries the checkpoint at size 1
+    await asyncio.wait_for(log.aclose(), WAIT_S)  # the final one would say the same
+    notes = [c.note for c in await store.fetch_checkpoints(ORIGIN)]
+    assert len(notes) == len(set(notes)) and any(c.tree_size == 1 for c in await store.fetch_checkpoints(ORIGIN))
+
+
 async def test_waiters_are_refused_not_stranded_when_the_head_cannot_be_reloaded(store: FlakyStore, key: SigningKey) -> None:
     log = make_log(store, key)
     await log.start()
@@ -489,7 +524,7 @@ async def test_records_stay_durable_when_a_witness_fails(store: FlakyStore, key:
     await log.start()
     assert (await log.append(event(1))).seq == 0
     await log.aclose()
-    assert fanout.stats.failures >= 2 and fanout.stats.delivered == 0
+    assert fanout.stats.failures >= 1 and fanout.stats.delivered == 0
     assert len(await store.fetch_entries(ORIGIN, 0, 10)) == 1
 
 
