@@ -85,6 +85,7 @@ class _InFlight:
     """A batch handed to the store, and what committing it means for the log."""
 
     batch: list[_Staged]
+    entries: tuple[LogEntry, ...]
     frontier: Frontier
     checkpoint: StoredCheckpoint | None
     commit: asyncio.Future[None]
@@ -379,13 +380,13 @@ class AuditLog:
         """Hand the next batch to the store without waiting for it; ``_landed`` settles it."""
         batch, frontier = self._take_batch()
         checkpoint = None
+        entries = tuple(item.entry for item in batch)
         commit: asyncio.Future[None]
         try:
             if self._checkpoint_rides_along(frontier.size):
                 checkpoint = self._sign(frontier, self._clock())
                 self._checkpoint_asked = frontier.size
             head = LogHead(self._origin, frontier.size, frontier.hashes)
-            entries = tuple(item.entry for item in batch)
             columns = tuple(item.columns for item in batch)
             commit = asyncio.ensure_future(
                 self._store.append_batch(AppendBatch(head, entries, (checkpoint,) if checkpoint else (), columns))
@@ -393,7 +394,7 @@ class AuditLog:
         except Exception as exc:  # refused at the door (store closed, signing failed): fails like a commit
             commit = asyncio.get_running_loop().create_future()
             commit.set_exception(exc)
-        self._in_flight.append(_InFlight(batch, frontier, checkpoint, commit))
+        self._in_flight.append(_InFlight(batch, entries, frontier, checkpoint, commit))
         self._in_flight_records += len(batch)
         commit.add_done_callback(self._landed)
 
@@ -428,7 +429,7 @@ class AuditLog:
 
     def _committed(self, flight: _InFlight) -> None:
         self._frontier = flight.frontier
-        entries = tuple(item.entry for item in flight.batch)
+        entries = flight.entries
         self._lost_unrecorded -= sum(item.losses for item in flight.batch)
         self.stats.records_committed += len(entries)
         self.stats.batches_committed += 1

@@ -144,16 +144,22 @@ class AppendRows:
 
 def merge_queued(queued: Sequence[tuple[AppendRows, T]]) -> list[tuple[AppendRows, list[T]]]:
     """Merge each run of queued batches that continue one another; keep the order and each one's tag."""
-    merged: list[tuple[AppendRows, list[T]]] = []
+    runs: list[list[tuple[AppendRows, T]]] = []
     for rows, tag in queued:
-        if merged:
-            last, tags = merged[-1]
+        if runs:
+            last = runs[-1][-1][0]
             if rows.origin == last.origin and rows.previous_size == last.tree_size:
-                joined = AppendRows(last.origin, last.previous_size, rows.tree_size, rows.frontier,
-                                    last.records + rows.records, last.checkpoints + rows.checkpoints)
-                merged[-1] = (joined, [*tags, tag])
+                runs[-1].append((rows, tag))
                 continue
-        merged.append((rows, [tag]))
+        runs.append([(rows, tag)])
+    merged = []
+    for run in runs:
+        first, last = run[0][0], run[-1][0]
+        if len(run) > 1:
+            records = [record for rows, _ in run for record in rows.records]
+            checkpoints = [checkpoint for rows, _ in run for checkpoint in rows.checkpoints]
+            first = AppendRows(first.origin, first.previous_size, last.tree_size, last.frontier, records, checkpoints)
+        merged.append((first, [tag for _, tag in run]))
     return merged
 
 

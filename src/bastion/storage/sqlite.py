@@ -100,7 +100,7 @@ def _units(writes: list[_Job]) -> list[tuple[Callable[[sqlite3.Connection], Any]
             appends.append((job.append, job))
             continue
         for rows, jobs in _sql.merge_queued(appends):
-            units.append((functools.partial(_append_rows, rows=rows), jobs))
+            units.append((jobs[0].run if len(jobs) == 1 else functools.partial(_append_rows, rows=rows), jobs))
         appends.clear()
         if job is not None:
             units.append((job.run, [job]))
