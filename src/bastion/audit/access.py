@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import logging
 import random
 from collections.abc import Iterator, Mapping
@@ -28,6 +29,16 @@ DEFAULT_BACKOFF_S = 0.02
 """First retry waits about this long (jittered ±50%); each later retry twice as long."""
 _SIGN_EVERY_RECORD = CheckpointPolicy(every_records=1)
 """The record and a checkpoint covering it commit in one transaction: never durable yet unsigned."""
+_writers_muted = contextvars.ContextVar("bastion_access_writers_muted", default=False)
+"""Set while an access record is being appended; the writer's task and callbacks inherit it."""
+
+
+class _MutedWriterErrors(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not _writers_muted.get()
+
+
+logging.getLogger(audit_log.__name__).addFilter(_MutedWriterErrors())
 
 
 async def append_access_record(
@@ -46,7 +57,7 @@ async def append_access_record(
 
     Each attempt opens an ``AuditLog`` for ``origin`` (it resumes the head from the store), appends
     the record, in one transaction with a checkpoint that covers it, and closes the log (which signs
-    one more checkpoint of the head it then sees). Another reader appending to the same origin makes
+    the head it then sees, unless a checkpoint covers it already). Another reader appending to the same origin makes
     the store refuse the stale head (compare-and-swap on the tree size); the attempt is then retried
     after a short jittered backoff. The store is asked afterwards whether a checkpoint covers the
     record; if not, the next attempt only signs again, so the record is not appended twice.
@@ -82,14 +93,16 @@ async def append_access_record(
 @contextlib.contextmanager
 def _writer_errors_muted() -> Iterator[None]:
     """Hold back the writer's per-batch errors: a lost race is retried, and only the last failure
-    is the caller's to report (a CLI user would otherwise see errors before a success)."""
-    writer_log = logging.getLogger(audit_log.__name__)
-    level = writer_log.level
-    writer_log.setLevel(logging.CRITICAL)
+    is the caller's to report (a CLI user would otherwise see errors before a success).
+
+    Scoped to this task's context, not the logger's level: a concurrent append that finished
+    first would otherwise restore the level while this one still races.
+    """
+    token = _writers_muted.set(True)
     try:
         yield
     finally:
-        writer_log.setLevel(level)
+        _writers_muted.reset(token)
 
 
 async def _append_and_sign(
@@ -102,7 +115,7 @@ async def _append_and_sign(
         if receipt is None:
             receipt = await log.append(event)
     finally:
-        await log.aclose()  # signs a checkpoint of whatever head the store holds now
+        await log.aclose()  # signs whatever head the store holds now, unless already signed
     return receipt
 
 

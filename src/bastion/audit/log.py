@@ -142,8 +142,6 @@ class AuditLog:
         self._checkpoint_asked = -1
         """Tree size of the newest checkpoint committed or in flight: the next one is due from here."""
         self._checkpoint_at = -math.inf
-        self._last_note = ""
-        """The note of the newest checkpoint this writer committed."""
         self._task: asyncio.Task[None] | None = None
         self._closing = False
         self.stats = AuditLogStats()
@@ -326,7 +324,7 @@ class AuditLog:
                     loss_flushed = True
                     self._restage()
                     continue
-                await self._commit_checkpoint()
+                await self._commit_checkpoint(final=True)
                 if not self._staged or final_round:
                     return
                 # The checkpoint's recovery found the store back and staged the records_lost
@@ -480,22 +478,23 @@ class AuditLog:
         self._checkpoint_size = checkpoint.tree_size
         self._checkpoint_asked = max(self._checkpoint_asked, checkpoint.tree_size)
         self._checkpoint_at = time.monotonic()
-        self._last_note = checkpoint.note
         self.stats.checkpoints_committed += 1
         if self._witnesses is not None:
             self._witnesses.submit(checkpoint)
 
-    async def _commit_checkpoint(self) -> None:
-        """Sign and store a checkpoint of the current tree (timed, heartbeat or final)."""
+    async def _commit_checkpoint(self, final: bool = False) -> None:
+        """Sign and store a checkpoint of the current tree (timed, heartbeat or final).
+
+        A final one is skipped when the newest checkpoint already signs the whole tree (a batch
+        carried it): a copy would add only the time, and whether it was written would hang on the
+        clock (the same millisecond makes the same note).
+        """
         try:
             if not self._healthy:
                 await self._recover()
-            checkpoint = self._sign(self._frontier, self._clock())
-            if checkpoint.note == self._last_note:
-                # The same size in the same millisecond: the newest checkpoint says it already
-                # (a batch's checkpoint just before close); a copy adds nothing a verifier could use.
-                self._checkpoint_at = time.monotonic()
+            if final and self._frontier.size == self._checkpoint_size:
                 return
+            checkpoint = self._sign(self._frontier, self._clock())
             head = LogHead(self._origin, self._frontier.size, self._frontier.hashes)
             await self._store.append_batch(AppendBatch(head, (), (checkpoint,)))
         except Exception as exc:  # a failed checkpoint refuses no caller; it is counted and retried

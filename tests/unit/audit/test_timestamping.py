@@ -78,9 +78,9 @@ class Rig:
 
 
 @asynccontextmanager
-async def rig_at(path: Path) -> AsyncIterator[Rig]:
+async def rig_at(path: Path, checkpoints: CheckpointPolicy = EVERY_2) -> AsyncIterator[Rig]:
     store = await open_store(f"sqlite:///{path}")
-    log = AuditLog(store, origin=ORIGIN, signing_key=KEY, checkpoints=EVERY_2)
+    log = AuditLog(store, origin=ORIGIN, signing_key=KEY, checkpoints=checkpoints)
     await log.start()
     async with httpx.AsyncClient() as http:
         try:
@@ -130,21 +130,24 @@ async def test_token_is_stored_for_the_checkpoint_the_log_commits_and_verifies_i
     assert len(tsa.queries) == 1
 
 
-async def test_newest_checkpoint_gets_stamped_and_an_unchanged_tree_is_not_stamped_again(
-    rig: Rig, tmp_path: Path
-) -> None:
-    with running_tsa(tmp_path / "pki") as tsa:
-        stamper = rig.timestamper(TsaClient(rig.http, tsa.url))
-        await stamper.start()
-        await rig.append(2)
-        await eventually(lambda: _sizes(rig, [2]))
-        await rig.append(2)
-        await eventually(lambda: _sizes(rig, [2, 4]))
-        await rig.log.aclose()  # the final checkpoint repeats size 4: nothing new to prove
-        await stamper.aclose()
-        assert len(await rig.checkpoints_at(4)) == 2
-        assert [t.tree_size for t in await rig.tokens()] == [2, 4]
-        assert len(tsa.queries) == 2
+async def test_newest_checkpoint_gets_stamped_and_an_unchanged_tree_is_not_stamped_again(tmp_path: Path) -> None:
+    heartbeats = CheckpointPolicy(every_records=2, every_s=3600, heartbeat_s=0.2)
+    async with rig_at(tmp_path / "audit.db", heartbeats) as rig:
+        with running_tsa(tmp_path / "pki") as tsa:
+            stamper = rig.timestamper(TsaClient(rig.http, tsa.url))
+            await stamper.start()
+            await rig.append(2)
+            await eventually(lambda: _sizes(rig, [2]))
+            await rig.append(2)
+            await eventually(lambda: _sizes(rig, [2, 4]))
+
+            async def heartbeats_at_4() -> bool:  # idle: they repeat size 4, nothing new to prove
+                return len(await rig.checkpoints_at(4)) >= 3
+
+            await eventually(heartbeats_at_4)
+            await stamper.aclose()
+            assert [t.tree_size for t in await rig.tokens()] == [2, 4]
+            assert len(tsa.queries) == 2
 
 
 async def _sizes(rig: Rig, sizes: list[int]) -> bool:
