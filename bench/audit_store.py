@@ -4,8 +4,15 @@ Runs ``AuditLog.append`` from 1, 16 and 256 concurrent appenders for a fixed tim
 reports records/s and p50/p99 latency of ``append`` (which returns only once the record is
 committed). Then 256 concurrent gateway-shaped calls (request record, upstream time, response
 record) report calls/s and the latency the two appends add to each call, and two writer
-processes with an origin each show what the store itself absorbs. Also times ``AuditLog.start()`` (head row) against rebuilding the frontier from every
-stored leaf hash. Usage: ``.venv/bin/python bench/audit_store.py [--seconds 3] [--no-postgres]``.
+processes with an origin each show what the store itself absorbs. Also times ``AuditLog.start()``
+(head row) against rebuilding the frontier from every stored leaf hash.
+
+First it measures the machine's floor in the same run: bare durable commits of one row (and, on
+SQLite, of 100 rows) with the same durability settings, no Bastion code. The issue's reference
+points are such figures, and they vary between machines (and between runs of one VM) by 2x and
+more, so each result is also given as a ratio to the floor: ``added_floor_ratio`` is the
+latency the audit stage adds to a call over two bare durable commits (a call waits for two).
+Usage: ``.venv/bin/python bench/audit_store.py [--seconds 3] [--no-postgres]``.
 """
 
 from __future__ import annotations
@@ -16,6 +23,7 @@ import json
 import multiprocessing
 import platform
 import random
+import sqlite3
 import tempfile
 import time
 import uuid
@@ -55,8 +63,70 @@ CALL_UPSTREAM_S = (0.0, 0.05, 0.5)
 """Upstream time per call: none (the store's ceiling), 50 ms (a quick real tool), 500 ms (a typical one)."""
 
 
+FLOOR_ROW = ("bench/floor", "2026-11-25T00:00:00.000Z", "request", bytes(400), bytes(32))
+"""About the size of one of this benchmark's records."""
+
+
 def percentile(sorted_values: list[float], fraction: float) -> float:
     return sorted_values[min(len(sorted_values) - 1, int(fraction * len(sorted_values)))]
+
+
+def _sqlite_floor(path: Path, seconds: float) -> dict[str, Any]:
+    """Bare durable commits in WAL mode with synchronous=FULL, as the store opens its database."""
+    conn = sqlite3.connect(path, isolation_level=None)
+    try:
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=FULL")
+        conn.execute("CREATE TABLE floor (seq INTEGER PRIMARY KEY, origin TEXT, time TEXT, kind TEXT, body BLOB, leaf BLOB)")
+        insert = "INSERT INTO floor (origin, time, kind, body, leaf) VALUES (?, ?, ?, ?, ?)"
+        commit_ms: list[float] = []
+        deadline = time.perf_counter() + seconds / 2
+        while time.perf_counter() < deadline:
+            started = time.perf_counter()
+            conn.execute("BEGIN")
+            conn.execute(insert, FLOOR_ROW)
+            conn.execute("COMMIT")
+            commit_ms.append((time.perf_counter() - started) * 1000)
+        rows = 0
+        started = time.perf_counter()
+        while time.perf_counter() < started + seconds / 2:
+            conn.execute("BEGIN")
+            conn.executemany(insert, [FLOOR_ROW] * 100)
+            conn.execute("COMMIT")
+            rows += 100
+        rows_per_s = rows / (time.perf_counter() - started)
+    finally:
+        conn.close()
+    commit_ms.sort()
+    return {
+        "one_row_commits_per_s": round(len(commit_ms) / (seconds / 2), 1),
+        "one_row_commit_p50_ms": round(percentile(commit_ms, 0.5), 3),
+        "rows_per_s_at_100_per_commit": round(rows_per_s, 1),
+    }
+
+
+async def _postgres_floor(seconds: float) -> dict[str, Any]:
+    """Bare durable one-row INSERTs in autocommit (one round trip and one WAL flush each)."""
+    conn = await asyncpg.connect(PG_DSN)
+    table = f"bench_floor_{uuid.uuid4().hex[:12]}"
+    try:
+        await conn.execute(f"CREATE TABLE {table} (seq bigserial PRIMARY KEY, origin text, time text, kind text,"
+                           " body bytea, leaf bytea)")
+        insert = f"INSERT INTO {table} (origin, time, kind, body, leaf) VALUES ($1, $2, $3, $4, $5)"
+        commit_ms: list[float] = []
+        deadline = time.perf_counter() + seconds / 2
+        while time.perf_counter() < deadline:
+            started = time.perf_counter()
+            await conn.execute(insert, *FLOOR_ROW)
+            commit_ms.append((time.perf_counter() - started) * 1000)
+    finally:
+        await conn.execute(f"DROP TABLE IF EXISTS {table}")
+        await conn.close()
+    commit_ms.sort()
+    return {
+        "one_row_commits_per_s": round(len(commit_ms) / (seconds / 2), 1),
+        "one_row_commit_p50_ms": round(percentile(commit_ms, 0.5), 3),
+    }
 
 
 async def run_case(store: AuditStore, concurrency: int, seconds: float) -> dict[str, Any]:
@@ -184,7 +254,11 @@ async def measure_restart(store: AuditStore) -> dict[str, Any]:
     return {"tree_size": size, "start_from_head_ms": round(start_ms, 2), "rebuild_from_leaves_ms": round(rebuild_ms, 1)}
 
 
-async def bench_backend(name: str, url: str, seconds: float) -> dict[str, Any]:
+async def bench_backend(name: str, url: str, seconds: float, scratch: Path) -> dict[str, Any]:
+    if name == "sqlite":
+        floor = await asyncio.to_thread(_sqlite_floor, scratch / "floor.db", seconds)
+    else:
+        floor = await _postgres_floor(seconds)
     cases = []
     for concurrency in (1, 16, 256):
         store = await open_store(url)
@@ -196,7 +270,9 @@ async def bench_backend(name: str, url: str, seconds: float) -> dict[str, Any]:
     for upstream_s in CALL_UPSTREAM_S:
         store = await open_store(url)
         try:
-            calls.append(await run_calls(store, CALL_CONCURRENCY, upstream_s, seconds))
+            call = await run_calls(store, CALL_CONCURRENCY, upstream_s, seconds)
+            call["added_floor_ratio"] = round(call["added_p50_ms"] / (2 * floor["one_row_commit_p50_ms"]), 2)
+            calls.append(call)
         finally:
             await store.aclose()
     processes = await run_calls_in_processes(url, WRITER_PROCESSES, seconds)
@@ -205,7 +281,7 @@ async def bench_backend(name: str, url: str, seconds: float) -> dict[str, Any]:
         restart = await measure_restart(store)
     finally:
         await store.aclose()
-    return {"backend": name, "cases": cases, "calls": calls, "processes": processes, "restart": restart}
+    return {"backend": name, "floor": floor, "cases": cases, "calls": calls, "processes": processes, "restart": restart}
 
 
 async def main() -> None:
@@ -215,27 +291,33 @@ async def main() -> None:
     args = parser.parse_args()
     results = []
     with tempfile.TemporaryDirectory(dir=Path(__file__).parent) as tmp:
-        results.append(await bench_backend("sqlite", f"sqlite:///{Path(tmp) / 'bench.db'}", args.seconds))
+        results.append(await bench_backend("sqlite", f"sqlite:///{Path(tmp) / 'bench.db'}", args.seconds, Path(tmp)))
     if not args.no_postgres:
         schema = f"bench_{uuid.uuid4().hex[:12]}"
         try:
-            results.append(await bench_backend("postgres", f"{PG_DSN}?schema={schema}", args.seconds))
+            results.append(await bench_backend("postgres", f"{PG_DSN}?schema={schema}", args.seconds, Path()))
         finally:
             conn = await asyncpg.connect(PG_DSN)
             try:
                 await conn.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
             finally:
                 await conn.close()
-    print(f"{'backend':<9} {'appenders':>9} {'records':>8} {'records/s':>10} {'p50 ms':>8} {'p99 ms':>8} {'batch':>6}")
+    for result in results:
+        f = result["floor"]
+        hundred = f.get("rows_per_s_at_100_per_commit")
+        print(f"{result['backend']} floor (bare durable commits, no Bastion): one row {f['one_row_commits_per_s']} commits/s, "
+              f"p50 {f['one_row_commit_p50_ms']} ms" + (f"; 100 rows per commit {hundred} rows/s" if hundred else ""))
+    print(f"\n{'backend':<9} {'appenders':>9} {'records':>8} {'records/s':>10} {'p50 ms':>8} {'p99 ms':>8} {'batch':>6}")
     for result in results:
         for c in result["cases"]:
             print(f"{result['backend']:<9} {c['concurrency']:>9} {c['records']:>8} {c['records_per_s']:>10} "
                   f"{c['p50_ms']:>8} {c['p99_ms']:>8} {c['mean_batch_records']:>6}")
-    print(f"\n{'backend':<9} {'calls':>6} {'upstream ms':>11} {'calls/s':>9} {'added p50 ms':>12} {'added p99 ms':>12}")
+    print(f"\n{'backend':<9} {'calls':>6} {'upstream ms':>11} {'calls/s':>9} {'added p50 ms':>12} {'added p99 ms':>12}"
+          f" {'p50/2 floor commits':>19}")
     for result in results:
         for c in result["calls"]:
             print(f"{result['backend']:<9} {c['concurrency']:>6} {c['upstream_ms']:>11} {c['calls_per_s']:>9} "
-                  f"{c['added_p50_ms']:>12} {c['added_p99_ms']:>12}")
+                  f"{c['added_p50_ms']:>12} {c['added_p99_ms']:>12} {c['added_floor_ratio']:>19}")
     for result in results:
         p = result["processes"]
         print(f"{result['backend']}: {p['processes']} writer processes (an origin each), 256 calls each, no upstream time: "
