@@ -62,7 +62,7 @@ _CARD_SCHEMES: Final = (
 def card_ok(text: str) -> bool:
     """Payment card: a known issuer prefix, a length that issuer uses, and a valid Luhn digit."""
     digits = checksum.compact(text)
-    if not digits.isdigit():
+    if not checksum.ascii_digits(digits):
         return False
     return any(rx.match(digits) and len(digits) in lengths for rx, lengths in _CARD_SCHEMES) and checksum.luhn_ok(digits)
 

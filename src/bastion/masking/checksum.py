@@ -18,10 +18,16 @@ def compact(text: str) -> str:
     return text.translate(_SEPARATORS)
 
 
+def ascii_digits(text: str) -> bool:
+    """Whether ``text`` is non-empty and all 0-9: ``str.isdigit`` alone also takes other scripts'
+    digits (Arabic-Indic, Devanagari, superscripts), which no check digit scheme here counts with."""
+    return text.isascii() and text.isdigit()
+
+
 def luhn_ok(digits: str) -> bool:
     """ISO/IEC 7812-1 Luhn check over a string of digits (separators allowed)."""
     digits = compact(digits)
-    if not digits.isdigit():
+    if not ascii_digits(digits):
         return False
     total = 0
     for i, ch in enumerate(reversed(digits)):
@@ -74,7 +80,7 @@ _VERHOEFF_P: Final = (
 def verhoeff_ok(text: str) -> bool:
     """Verhoeff dihedral-group check (used by Aadhaar); the last digit is the check digit."""
     digits = compact(text)
-    if not digits.isdigit():
+    if not ascii_digits(digits):
         return False
     c = 0
     for i, ch in enumerate(reversed(digits)):
@@ -105,7 +111,7 @@ _CN_WEIGHTS: Final = (7, 9, 10, 5, 8, 4, 2, 1, 6, 3, 7, 9, 10, 5, 8, 4, 2)
 
 def cn_resident_id_ok(text: str) -> bool:
     """Chinese resident identity card (GB 11643-1999): 18 chars, ISO 7064 MOD 11-2 check."""
-    if len(text) != 18 or not text[:17].isdigit():
+    if len(text) != 18 or not ascii_digits(text[:17]):
         return False
     s = sum(int(text[i]) * _CN_WEIGHTS[i] for i in range(17))
     return "10X98765432"[s % 11] == text[17].upper()
@@ -117,7 +123,7 @@ _NINO_BAD_PREFIXES: Final = frozenset({"BG", "GB", "NK", "KN", "TN", "NT", "ZZ"}
 def nino_ok(text: str) -> bool:
     """UK National Insurance number (HMRC NIM39110): letter rules, 6 digits, suffix A–D."""
     nino = text.replace(" ", "").upper()
-    if len(nino) != 9 or not nino[2:8].isdigit() or nino[8] not in "ABCD":
+    if len(nino) != 9 or not ascii_digits(nino[2:8]) or nino[8] not in "ABCD":
         return False
     a, b = nino[0], nino[1]
     return a not in "DFIQUV" and b not in "DFIQUVO" and nino[:2] not in _NINO_BAD_PREFIXES
@@ -126,7 +132,7 @@ def nino_ok(text: str) -> bool:
 def ssn_ok(text: str) -> bool:
     """US SSN: area not 000, 666 or 9xx; group not 00; serial not 0000 (SSA rules)."""
     digits = compact(text)
-    if len(digits) != 9 or not digits.isdigit():
+    if len(digits) != 9 or not ascii_digits(digits):
         return False
     area, group, serial = digits[:3], digits[3:5], digits[5:]
     return area not in ("000", "666") and area[0] != "9" and group != "00" and serial != "0000"

@@ -36,3 +36,25 @@ def test_entropy_is_zero_for_repeated_character_and_high_for_random() -> None:
     assert checksum.shannon_entropy("") == 0.0
     assert checksum.looks_random("q8Xr2LmZ7pWk4TnB9vYc") is True
     assert checksum.looks_random("abcdefghabcdefgh") is False
+
+
+ARABIC_INDIC = str.maketrans("0123456789", "٠١٢٣٤٥٦٧٨٩")
+
+
+@pytest.mark.parametrize(
+    ("fn", "good"),
+    [
+        (checksum.luhn_ok, "79927398713"),
+        (checksum.verhoeff_ok, "2363"),
+        (checksum.aadhaar_ok, "234567890124"),
+        (checksum.cpf_ok, "529.982.247-25"),
+        (checksum.cn_resident_id_ok, "11010519491231002X"),
+        (checksum.nino_ok, "AB123456C"),
+        (checksum.ssn_ok, "536-22-1234"),
+    ],
+)
+def test_check_rejects_without_raising_when_a_digit_is_from_another_script(fn, good: str) -> None:  # type: ignore[no-untyped-def]
+    # str.isdigit takes "٣" (found by the scanner backends' property test: an IndexError mid-scan).
+    last_digit = max(i for i, ch in enumerate(good) if ch.isdigit())
+    foreign = good[:last_digit] + good[last_digit].translate(ARABIC_INDIC) + good[last_digit + 1:]
+    assert fn(foreign) is False
