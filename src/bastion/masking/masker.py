@@ -26,7 +26,9 @@ _UNMASKABLE: Final = "[UNMASKABLE]"
 _PREFILTER_MIN_SLOTS: Final = 4
 _MAX_CACHED_KEYS: Final = 4096
 _MIN_SCANNED_INT: Final = 10**6
-_MAX_ROUNDS: Final = 4
+_MAX_ROUNDS: Final = 64
+"""Rescans of one string. Values glued together surface one per round (masking one gives the next
+its boundary), so this bounds such a chain; a longer one fails closed like any masking failure."""
 
 
 class TextAnalyzer(Protocol):
