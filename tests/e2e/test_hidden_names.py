@@ -3,7 +3,9 @@ and for prompts — even when the client calls it without listing first (then Ba
 
 from __future__ import annotations
 
+import tempfile
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 import pytest
 from mcp.client.client import Client
@@ -12,12 +14,19 @@ from mcp.shared.exceptions import MCPError
 from bastion.jsonrpc import codes
 from tests.e2e.gateway import running_gateway
 from tests.e2e.test_everything import everything_stdio
+from tests.e2e.test_identity import records
 
 pytestmark = [pytest.mark.e2e, pytest.mark.anyio]
 
 
+@dataclass(frozen=True)
+class Gateway:
+    url: str
+    workdir: str
+
+
 @pytest.fixture(scope="module")
-def gateway() -> Iterator[str]:
+def gateway() -> Iterator[Gateway]:
     policy = {
         "default": "allow",
         "rules": [
@@ -25,8 +34,10 @@ def gateway() -> Iterator[str]:
             {"id": "no-args-prompt", "match": {"server": "everything", "prompt": "args-prompt"}, "action": "deny"},
         ],
     }
-    with running_gateway({"upstreams": {"everything": everything_stdio()}, "policy": policy}) as url:
-        yield url
+    with tempfile.TemporaryDirectory(prefix="bastion-e2e-") as workdir, running_gateway(
+        {"upstreams": {"everything": everything_stdio()}, "policy": policy}, workdir=workdir
+    ) as url:
+        yield Gateway(url, workdir)
 
 
 async def refusal(client: Client, kind: str, name: str) -> tuple[int, str]:
@@ -40,9 +51,16 @@ async def refusal(client: Client, kind: str, name: str) -> tuple[int, str]:
 
 @pytest.mark.parametrize(("kind", "hidden"), [("tool", "get-env"), ("prompt", "args-prompt")])
 async def test_hidden_name_answers_like_an_unknown_one_when_called_without_listing(
-    gateway: str, kind: str, hidden: str
+    gateway: Gateway, kind: str, hidden: str
 ) -> None:
-    async with Client(f"{gateway}/servers/everything/mcp") as client:
+    async with Client(f"{gateway.url}/servers/everything/mcp") as client:
         hidden_refusal = await refusal(client, kind, hidden)
         unknown_refusal = await refusal(client, kind, "no-such-name")
     assert hidden_refusal == unknown_refusal == (codes.INVALID_PARAMS, f"Unknown {kind}: <name>")
+    # The auditor, unlike the caller, learns which it was.
+    method = "tools/call" if kind == "tool" else "prompts/get"
+    reasons = {b["what"]["name"]: b["decision"]["reason"]
+               for b in await records(gateway.workdir, kind="response", outcome="denied")
+               if b["what"]["method"] == method}
+    assert reasons[hidden] == "hidden from this caller by policy"
+    assert reasons["no-such-name"] == f"the upstream does not list this {kind}"

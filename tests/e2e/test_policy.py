@@ -185,6 +185,8 @@ async def test_strictest_rule_decides_when_several_rules_match(
         assert reply["error"]["data"]["rule"] == rule
     assert record["outcome"] == outcome
     assert record["decision"].get("rule_id") == rule
+    if rule is None:  # the record says why no rule did
+        assert record["decision"]["reason"] == "no rule decided; the policy default is deny"
     assert record["who"]["subject"] == subject
 
 
@@ -196,7 +198,8 @@ async def test_arguments_regex_denies_with_rule_in_data_when_text_matches(
     assert reply["error"]["code"] == codes.POLICY_DENIED
     assert reply["error"]["message"] == "destructive shell text"
     assert reply["error"]["data"]["rule"] == "no-rm-rf"
-    assert record["decision"] == {"rule_id": "no-rm-rf", "action": "deny", "policy_hash": record["decision"]["policy_hash"]}
+    assert record["decision"] == {"rule_id": "no-rm-rf", "action": "deny", "policy_hash": record["decision"]["policy_hash"],
+                                  "reason": "destructive shell text"}  # the rule's own words
     assert record["outcome"] == "denied"
     assert record["result"]["error"]["code"] == codes.POLICY_DENIED
 

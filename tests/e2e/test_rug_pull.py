@@ -88,8 +88,10 @@ async def test_call_is_refused_and_recorded_when_the_upstream_cannot_list_its_to
     finally:
         await store.aclose()
     assert denied, "the refused call left no record"
-    error = json.loads(denied[0].body)["result"]["error"]
+    body = json.loads(denied[0].body)
+    error = body["result"]["error"]
     assert (error["code"], error["data"]["reason"]) == (codes.POLICY_DENIED, "listing_unavailable")
+    assert body["decision"]["reason"] == "the upstream's tool listing could not be read"
 
 
 async def test_changed_tool_is_hidden_and_unknown_when_mode_is_hide(tmp_path: Path) -> None:

@@ -1,7 +1,8 @@
 """The audit record: what one event says (``AuditEvent``) and its stored JSON body (``render_body``).
 
-Owns the event vocabulary (``EventKind``, ``Outcome``), the body layout ``bastion.audit/1``
-(published as docs/audit-record.schema.json) and the SHA-256 digests a record carries. Sequence
+Owns the event vocabulary (``EventKind``, ``Outcome``), the body layout ``bastion.audit/2``
+(published as docs/audit-record.schema.json, which also describes the ``bastion.audit/1``
+records older gateways wrote) and the SHA-256 digests a record carries. Sequence
 numbers, times, canonical bytes and leaf hashes are assigned by audit/log.py.
 """
 
@@ -16,7 +17,8 @@ from typing import Any
 
 from bastion.audit.canonical import canonical_bytes
 
-SCHEMA_VERSION = "bastion.audit/1"
+SCHEMA_VERSION = "bastion.audit/2"
+"""/2 added ``decision.reason``; a log may hold records of both versions."""
 
 
 class EventKind(StrEnum):
@@ -100,6 +102,8 @@ class AuditEvent:
     rule_id: str | None = None
     action: str | None = None
     policy_hash: str | None = None
+    reason: str | None = None
+    """Why the gateway decided as it did: the rule's own reason, the default's, or its refusal's."""
     # masking and the rest
     masking: Mapping[str, Any] | None = None
     detail: Mapping[str, Any] | None = None
@@ -139,7 +143,7 @@ def _present(*pairs: tuple[str, Any]) -> dict[str, Any]:
 
 
 def render_body(event: AuditEvent, origin: str, seq: int, time: str) -> dict[str, Any]:
-    """Return the record body (schema ``bastion.audit/1``) with null fields and empty groups omitted.
+    """Return the record body (schema ``bastion.audit/2``) with null fields and empty groups omitted.
 
     Preconditions: ``seq >= 0``; ``time`` comes from ``render_time``.
     """
@@ -180,7 +184,7 @@ def render_body(event: AuditEvent, origin: str, seq: int, time: str) -> dict[str
     )
     if correlation:
         body["correlation"] = correlation
-    decision = _present(("rule_id", e.rule_id), ("action", e.action), ("policy_hash", e.policy_hash))
+    decision = _present(("rule_id", e.rule_id), ("action", e.action), ("policy_hash", e.policy_hash), ("reason", e.reason))
     if decision:
         body["decision"] = decision
     if e.masking:

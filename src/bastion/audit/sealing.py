@@ -106,7 +106,7 @@ _DIGEST_FIELD = {SealedField.ARGUMENTS: "arguments_sha256", SealedField.RESULT: 
 
 
 def context_from_body(body: Mapping[str, Any], field: SealedField) -> SealContext:
-    """Rebuild the binding of ``field``'s envelope from a stored record body (schema bastion.audit/1).
+    """Rebuild the binding of ``field``'s envelope from a stored record body (schema bastion.audit/1 or /2).
 
     Raises:
         MalformedEnvelopeError: the record lacks its origin or the digest of the sealed value.

@@ -156,6 +156,7 @@ class AuditStage:
             rule_id=notes.rule_id,
             action=notes.action,
             policy_hash=notes.policy_hash,
+            reason=notes.reason,
             masking={"profiles": list(notes.mask_profiles), "findings": notes.masking} if notes.masking else None,
             detail={**(detail or {}), "approval_id": notes.approval_id} if notes.approval_id else detail,
             sealed={SealedField.RESULT.value: sealed.envelope} if sealed else None,

@@ -94,14 +94,18 @@ class PolicyStage:
                 f"Refused: upstream {ex.upstream!r} did not list its {target.value}s, so the call cannot be checked",
                 data={"upstream": ex.upstream, "reason": "listing_unavailable"},
             )
-        if target is not Target.OTHER and (
-            (listed is not None and name not in listed)
-            or not engine.visible(principal.subject, principal.groups, ex.upstream, target, name, annotations, trusted)
-        ):
-            ex.notes.outcome = "denied"
-            ex.notes.reason = "unknown or hidden by policy"
-            ex.notes.policy_hash = engine.policy_hash
-            raise _unknown(target, ex)
+        if target is not Target.OTHER:
+            if listed is not None and name not in listed:
+                unseen = f"the upstream does not list this {target.value}"
+            elif not engine.visible(principal.subject, principal.groups, ex.upstream, target, name, annotations, trusted):
+                unseen = "hidden from this caller by policy"
+            else:
+                unseen = None
+            if unseen is not None:  # the caller hears "unknown" either way; the record says which
+                ex.notes.outcome = "denied"
+                ex.notes.reason = unseen
+                ex.notes.policy_hash = engine.policy_hash
+                raise _unknown(target, ex)
         decision = engine.decide(
             PolicyRequest(
                 subject=principal.subject,

@@ -54,6 +54,7 @@ FULL = AuditEvent(
     rule_id="deny-delete",
     action="allow",
     policy_hash="ab" * 32,
+    reason="writes need a ticket",
     masking={"profile": "pii", "fields_masked": 1},
     detail={"note": "n"},
     sealed={"arguments": {"version": "bastion.seal/1", "nonce": "AAAAAAAAAAAAAAAA", "ciphertext": "AAAA",
@@ -73,7 +74,9 @@ def validator() -> jsonschema.protocols.Validator:
 def test_full_event_renders_every_group_and_validates(validator: jsonschema.protocols.Validator) -> None:
     body = render_body(FULL, "gw-1", 42, STAMP)
     validator.validate(body)
-    assert body["schema"] == "bastion.audit/1"
+    assert body["schema"] == "bastion.audit/2"
+    assert body["decision"] == {"rule_id": "deny-delete", "action": "allow", "policy_hash": "ab" * 32,
+                                "reason": "writes need a ticket"}
     assert (body["origin"], body["seq"], body["time"], body["kind"], body["outcome"]) == (
         "gw-1", 42, "2026-11-24T23:59:01.123Z", "response", "ok")
     assert body["who"]["groups"] == ["eng", "oncall"]
@@ -89,7 +92,7 @@ def test_full_event_renders_every_group_and_validates(validator: jsonschema.prot
 def test_null_fields_and_empty_groups_are_omitted_when_rendering(validator: jsonschema.protocols.Validator) -> None:
     body = render_body(AuditEvent(kind=EventKind.GATEWAY_STARTED), "gw-1", 0, STAMP)
     validator.validate(body)
-    assert body == {"schema": "bastion.audit/1", "origin": "gw-1", "seq": 0, "time": "2026-11-24T23:59:01.123Z",
+    assert body == {"schema": "bastion.audit/2", "origin": "gw-1", "seq": 0, "time": "2026-11-24T23:59:01.123Z",
                     "kind": "gateway_started"}
     partial = render_body(AuditEvent(kind=EventKind.REQUEST, subject="bob", is_error=False), "gw-1", 1, STAMP)
     assert partial["who"] == {"subject": "bob"}
@@ -101,10 +104,17 @@ def test_every_kind_validates_when_rendered(kind: EventKind, validator: jsonsche
     validator.validate(render_body(AuditEvent(kind=kind, outcome=Outcome.DENIED), "gw", 3, STAMP))
 
 
+def test_version_1_records_validate_when_they_carry_no_reason(validator: jsonschema.protocols.Validator) -> None:
+    body = render_body(FULL, "gw-1", 42, STAMP)
+    del body["decision"]["reason"]
+    validator.validate(body | {"schema": "bastion.audit/1"})  # written before /2: still a valid record
+
+
 @pytest.mark.parametrize(
     "mutate",
     [
-        lambda b: b.update(schema="bastion.audit/2"),
+        lambda b: b.update(schema="bastion.audit/3"),
+        lambda b: b.update(schema="bastion.audit/1"),  # /1 had no decision.reason
         lambda b: b.update(time="2026-11-24T23:59:01Z"),
         lambda b: b.update(kind="unheard_of"),
         lambda b: b.update(seq=-1),
@@ -115,7 +125,7 @@ def test_every_kind_validates_when_rendered(kind: EventKind, validator: jsonsche
         lambda b: b["sealed"].update(params=b["sealed"]["arguments"]),
         lambda b: b["sealed"]["arguments"].update(recipients=[]),
     ],
-    ids=["schema-version", "time-without-ms", "unknown-kind", "negative-seq", "unknown-who-field", "bad-digest",
+    ids=["schema-version", "reason-in-version-1", "time-without-ms", "unknown-kind", "negative-seq", "unknown-who-field", "bad-digest",
          "unknown-top-field", "sealed-version", "unknown-sealed-field", "sealed-without-recipients"],
 )
 def test_schema_rejects_a_body_when_mutated(mutate: Any, validator: jsonschema.protocols.Validator) -> None:
