@@ -14,13 +14,13 @@ import orjson
 
 from bastion.approval.model import Approval, ApprovalState
 from bastion.audit.entry import LogEntry
+from bastion.audit.record import EventKind, Outcome
 from bastion.console._html import MAX_INLINE_JSON_CHARS, Markup, html, join, render_json, render_time
 from bastion.identity.principal import Principal
 
-OUTCOMES = ("ok", "error", "denied", "held", "approved", "expired", "cancelled", "upstream_failed")
-"""The ``outcome`` values of docs/audit-record.schema.json, offered in the search form."""
-KINDS = ("request", "response", "decision", "approval", "masking", "notification", "cancelled",
-         "session_opened", "session_closed", "gateway_started", "gateway_stopped", "config_changed")
+OUTCOMES = tuple(outcome.value for outcome in Outcome)
+"""Offered in the search form, as are ``KINDS``."""
+KINDS = tuple(kind.value for kind in EventKind)
 NOTICES = {"approve": "You approved this call.", "deny": "You denied this call."}
 
 
