@@ -33,7 +33,7 @@ test: install peers sdk1 postgres lint
 	$(PY) -m pytest -q
 
 lint: install
-	$(PY) -m ruff check src
+	$(PY) -m ruff check src bench
 	$(PY) -m mypy src
 
 bench: install peers

@@ -297,7 +297,7 @@ async def closed_loop(sessions: list[Any], tool: str, duration: float, warmup: f
                 return
             try:
                 n = await s.call(tool)
-            except Exception as exc:  # noqa: BLE001 - every failure is counted, none hidden
+            except Exception as exc:  # every failure is counted, none hidden
                 if t_begin <= perf() < t_end:
                     res.note_error(exc)
                 await asyncio.sleep(0.01)
@@ -329,7 +329,7 @@ async def open_loop(sessions: list[Any], tool: str, rate: float, duration: float
         s = await free.get()
         try:
             n = await s.call(tool)
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             if scheduled >= t_begin:
                 res.note_error(exc)
             return
@@ -388,7 +388,7 @@ async def closed_loop_multi(target: dict[str, Any], concurrency: int, tool: str,
     if procs == 1:
         try:
             sessions = await open_sessions(target, concurrency)
-        except Exception as exc:  # noqa: BLE001 - a path that cannot open its sessions is an error, not a crash
+        except Exception as exc:  # a path that cannot open its sessions is an error, not a crash
             res = Result(elapsed_s=duration)
             res.note_error(exc)
             return res

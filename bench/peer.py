@@ -18,7 +18,6 @@ import json
 import os
 import secrets
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -98,14 +97,14 @@ async def start(workdir: Path, upstream_url: str, procs: Any, log: Any) -> dict[
     argv = [str(VENV / "bin" / "mcpgateway"), "--host", "127.0.0.1", "--port", str(port), "--workers", str(os.cpu_count() or 2)]
     info["argv"] = argv[1:]
 
-    async def launch() -> tuple[Any, int]:
+    async def launch() -> int:
         proc = procs.start(argv, workdir / "contextforge.log", env=env, cwd=str(workdir))
         await wait_http(f"http://127.0.0.1:{port}/health", timeout=120, proc=proc)
-        return proc, proc.pid
+        return int(proc.pid)
 
     try:
-        proc, pid = await launch()
-    except Exception as exc:  # noqa: BLE001
+        pid = await launch()
+    except Exception as exc:
         tail = (workdir / "contextforge.log").read_text(errors="replace")[-1500:]
         step("start", False, f"{exc}; log tail: {tail}")
         info["reason"] = f"could not start: {exc}"

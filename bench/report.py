@@ -67,7 +67,7 @@ def render(path: Path | str | None = None, docs: Path = DOCS) -> Path:
       "re-run and commit the output.\n")
     w(f"- **Date:** {r['started_utc']} (mode: `{r['mode']}`; raw data: `bench/results/{path.name}`)")
     w(f"- **Machine:** {m['cpus']} cores ({m['cpu_model']}), {m['mem_bytes'] / 2**30:.0f} GiB RAM, Linux {m['kernel']}, Python {m['python']}")
-    w(f"- **Packages:** " + ", ".join(f"{k} {v}" for k, v in m["packages"].items() if v) +
+    w("- **Packages:** " + ", ".join(f"{k} {v}" for k, v in m["packages"].items() if v) +
       " (no uvloop/httptools in the Bastion venv: uvicorn runs on asyncio + h11)" * (not m["packages"].get("uvloop")))
     w("- **Load generator:** " + r["load_generator"]["client"] + f"; {r['load_generator']['processes']} process(es); "
       "on the same 2 cores as everything else, loopback only.")
@@ -107,7 +107,7 @@ def render(path: Path | str | None = None, docs: Path = DOCS) -> Path:
 
     w("## Latency at fixed offered load (open loop)\n")
     w("Calls are scheduled at the rate regardless of replies; latency counts from the scheduled time, so queueing is visible "
-      "(no coordinated omission). Added = path − direct-http at the same rate and payload.\n")
+      "(no coordinated omission). Added = path minus direct-http at the same rate and payload.\n")
     w("| rate/s | result | path | p50 ms | p99 ms | p99.9 ms | added p50 / p99 / p99.9 ms | kept up | CPU s / 1000 |")
     w("|---:|---|---|---:|---:|---:|---|---|---:|")
     for x in s["open_loop"]:

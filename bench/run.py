@@ -128,7 +128,7 @@ class Procs:
         self.procs: list[subprocess.Popen[Any]] = []
 
     def start(self, argv: list[str], log: Path, **kw: Any) -> subprocess.Popen[Any]:
-        f = open(log, "wb")  # noqa: SIM115 - kept open for the process's lifetime
+        f = open(log, "wb")  # kept open for the process's lifetime
         p = subprocess.Popen(argv, stdout=f, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True, **kw)
         self.procs.append(p)
         return p
@@ -384,7 +384,7 @@ def machine_info() -> dict[str, Any]:
         try:
             from importlib.metadata import version
             return version(mod)
-        except Exception:  # noqa: BLE001
+        except Exception:
             return None
     return {
         "cpus": os.cpu_count(), "cpu_model": cpu, "mem_bytes": mem, "kernel": platform.release(),
@@ -482,7 +482,7 @@ async def main_async(args: argparse.Namespace) -> Path:
             for tool in plan.tools:
                 await ss[0].call(p["tool_prefix"] + tool)
             await loadgen.close_sessions(ss)
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             skipped[name] = f"sanity call failed: {type(exc).__name__}: {exc}"[:800]
             log(f"skip {name}: {skipped[name]}")
             del paths[name]

@@ -106,7 +106,7 @@ _JWKS: bytes | None = None  # served at GET /jwks* when --jwks FILE is given (th
 class _HttpProtocol(asyncio.Protocol):
     """Keep-alive HTTP/1.1 with Content-Length bodies only (all MCP clients send those)."""
 
-    __slots__ = ("transport", "buf")
+    __slots__ = ("buf", "transport")
 
     def __init__(self) -> None:
         self.transport: asyncio.Transport | None = None

@@ -182,8 +182,8 @@ def pick(n: int) -> list[tuple[str, str]]:
             kind = R.choice(sorted(PII))
             out.append((kind, PII[kind]()))
         else:
-            kind = R.choice(sorted(SECRETS) + ["private_key", "url_password", "password_assignment",
-                                               "secret_assignment", "aws_secret_access_key"])
+            kind = R.choice([*sorted(SECRETS), "private_key", "url_password", "password_assignment",
+                             "secret_assignment", "aws_secret_access_key"])
             out.append((kind, secret_value(kind)))
     return out
 
