@@ -47,8 +47,10 @@ class CallerContext:
     client_capabilities: dict[str, Any] | None = None
     """The ``capabilities`` the client declared in its initialize params (None: not an object)."""
     listed_names: dict[tuple[str, str], frozenset[str]] = field(default_factory=dict)
-    """Tool and prompt names by (upstream, "tool" | "prompt") as this session last listed them: a
-    call to any other name is answered exactly like a hidden one."""
+    """Tool and prompt names by (upstream, "tool" | "prompt") as this session last listed them, every
+    page read: a call to any other name is answered exactly like a hidden one."""
+    listing_pages: dict[tuple[str, str], frozenset[str]] = field(default_factory=dict)
+    """Names from the pages of a listing still being read; they move to ``listed_names`` with the last."""
 
 
 @dataclass(slots=True)

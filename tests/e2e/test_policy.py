@@ -277,6 +277,10 @@ async def test_third_call_is_rate_limited_with_retry_after_when_budget_is_two(
              if b.get("what", {}).get("method") == "tools/call"]
     assert [b["outcome"] for b in found] == ["ok", "ok", "denied"]
     assert found[2]["result"]["error"]["code"] == codes.RATE_LIMITED
+    # The rule allowed; the limit refused: the record's decision says the latter.
+    decision = found[2]["decision"]
+    assert (decision["action"], decision["rule_id"]) == ("deny", "search-budget")
+    assert decision["reason"].startswith("rate limit exceeded (2 calls per ")
 
 
 async def test_approval_rule_never_allows_when_nobody_has_approved(gateway: Gateway, http: httpx.AsyncClient) -> None:

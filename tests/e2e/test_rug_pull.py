@@ -7,6 +7,7 @@ import asyncio
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 from mcp.client.client import Client
@@ -40,6 +41,15 @@ async def tool_change_records(workdir: Path) -> list[dict[str, object]]:
     return [json.loads(e.body)["detail"] for e in entries]
 
 
+async def denied_records(workdir: Path) -> list[dict[str, Any]]:
+    store = await open_store(f"sqlite:///{workdir}/audit.db")
+    try:
+        entries = await store.search_entries(RecordQuery(kind="response", outcome="denied"))
+    finally:
+        await store.aclose()
+    return [json.loads(e.body) for e in entries]
+
+
 async def test_changed_tool_is_blocked_until_approved_when_mode_is_block(tmp_path: Path) -> None:
     description = tmp_path / "description.txt"
     description.write_text(HONEST)
@@ -54,6 +64,9 @@ async def test_changed_tool_is_blocked_until_approved_when_mode_is_block(tmp_pat
                 await client.call_tool("query", {"sql": "select 1"})
             assert info.value.error.code == codes.POLICY_DENIED
             assert (info.value.error.data or {})["rule"] == "tool-pin"
+            [refused] = await denied_records(tmp_path)
+            assert (refused["decision"]["action"], refused["decision"]["rule_id"]) == ("deny", "tool-pin")
+            assert refused["decision"]["reason"].startswith("tool 'query' changed since it was approved")
 
             store = f"sqlite:///{tmp_path}/audit.db"
             approve = ["tools", "approve", "--store", store, "--server", "db", "--tool", "query", "--by", "dba"]
@@ -106,3 +119,5 @@ async def test_changed_tool_is_hidden_and_unknown_when_mode_is_hide(tmp_path: Pa
                 await client.call_tool("query", {"sql": "select 1"})
             assert info.value.error.code == codes.INVALID_PARAMS
             assert info.value.error.message == "Unknown tool: query"
+    [refused] = await denied_records(tmp_path)  # the caller hears "unknown"; the record says why
+    assert refused["decision"]["reason"] == "hidden: its definition changed since it was pinned and nobody approved the change"

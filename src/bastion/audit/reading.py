@@ -220,8 +220,8 @@ def request_seq_of(entry: LogEntry) -> int | None:
 async def fetch_interaction(store: AuditStore, origin: str, seq: int, window: int = 1000) -> list[LogEntry]:
     """Return the request record of the interaction ``seq`` belongs to, then every record naming it.
 
-    ``seq`` may be the request or any record with ``request_seq``; linked records (decision,
-    approval, response) are searched in the ``window`` records after the request.
+    ``seq`` may be the request or any record with ``request_seq``; linked records (approval,
+    response) are searched in the ``window`` records after the request.
 
     Raises:
         StorageError: no record ``seq`` is stored.

@@ -49,7 +49,7 @@ def register(sub: Any) -> None:
     add_recording_options(p, taken=frozenset({"--subject"}))
     p.set_defaults(run=run_search)
 
-    p = sub.add_parser("show", help="one interaction: request, decision and response records")
+    p = sub.add_parser("show", help="one interaction: the request record, then its approval and response records")
     p.add_argument("--origin", required=True)
     p.add_argument("--seq", type=int, required=True)
     p.add_argument("--window", type=int, default=1000, help="records after the request searched for its replies")

@@ -201,7 +201,7 @@ def audit_page(base: str, principal: Principal, filters: Mapping[str, str], entr
 
 
 def interaction_page(base: str, principal: Principal, entries: Sequence[LogEntry]) -> Markup:
-    """One interaction: the request record, then each record naming it (decision, approval, response)."""
+    """One interaction: the request record, then each record naming it (approval, response)."""
     sections = join(
         html('<section class="record"><h2>{} <small>{} seq {} · {}</small></h2><pre>{}</pre></section>',
              "request" if i == 0 and e.kind == "request" else e.kind, e.origin, e.seq, e.time,

@@ -7,6 +7,7 @@ Every function takes the candidate text exactly as matched (separators included)
 from __future__ import annotations
 
 import math
+import unicodedata
 from collections import Counter
 from typing import Final
 
@@ -14,13 +15,21 @@ _SEPARATORS: Final = str.maketrans("", "", " -./")
 
 
 def compact(text: str) -> str:
-    """Remove the separators people put inside numbers (space, dash, dot, slash)."""
-    return text.translate(_SEPARATORS)
+    """Remove the separators people put inside numbers (space, dash, dot, slash); digits of other
+    scripts become 0-9, since the detectors' ``\\d`` finds them and their value is the same."""
+    return fold_digits(text.translate(_SEPARATORS))
+
+
+def fold_digits(text: str) -> str:
+    """Write every Unicode decimal digit (Arabic-Indic, Devanagari, fullwidth...) as 0-9."""
+    if text.isascii():
+        return text
+    return "".join(str(unicodedata.decimal(ch)) if ch.isdecimal() else ch for ch in text)
 
 
 def ascii_digits(text: str) -> bool:
-    """Whether ``text`` is non-empty and all 0-9: ``str.isdigit`` alone also takes other scripts'
-    digits (Arabic-Indic, Devanagari, superscripts), which no check digit scheme here counts with."""
+    """Whether ``text`` is non-empty and all 0-9 (``str.isdigit`` alone also takes superscripts
+    and, before ``fold_digits``, other scripts' digits, which the arithmetic here cannot use)."""
     return text.isascii() and text.isdigit()
 
 
@@ -54,7 +63,7 @@ IBAN_LENGTHS: Final[dict[str, int]] = {
 def iban_ok(text: str) -> bool:
     """ISO 13616 / ISO 7064 MOD 97-10: known country, registered length, remainder 1."""
     iban = compact(text).upper()
-    if IBAN_LENGTHS.get(iban[:2]) != len(iban) or not iban.isalnum() or not "02" <= iban[2:4] <= "98":
+    if IBAN_LENGTHS.get(iban[:2]) != len(iban) or not (iban.isascii() and iban.isalnum()) or not "02" <= iban[2:4] <= "98":
         return False  # check digits 00, 01 and 99 are never issued (ISO 13616-1 §6.1)
     return mod97(iban[4:] + iban[:4]) == 1
 
@@ -111,6 +120,7 @@ _CN_WEIGHTS: Final = (7, 9, 10, 5, 8, 4, 2, 1, 6, 3, 7, 9, 10, 5, 8, 4, 2)
 
 def cn_resident_id_ok(text: str) -> bool:
     """Chinese resident identity card (GB 11643-1999): 18 chars, ISO 7064 MOD 11-2 check."""
+    text = fold_digits(text)
     if len(text) != 18 or not ascii_digits(text[:17]):
         return False
     s = sum(int(text[i]) * _CN_WEIGHTS[i] for i in range(17))
@@ -122,7 +132,7 @@ _NINO_BAD_PREFIXES: Final = frozenset({"BG", "GB", "NK", "KN", "TN", "NT", "ZZ"}
 
 def nino_ok(text: str) -> bool:
     """UK National Insurance number (HMRC NIM39110): letter rules, 6 digits, suffix A–D."""
-    nino = text.replace(" ", "").upper()
+    nino = fold_digits(text.replace(" ", "").upper())
     if len(nino) != 9 or not ascii_digits(nino[2:8]) or nino[8] not in "ABCD":
         return False
     a, b = nino[0], nino[1]
@@ -156,4 +166,4 @@ def looks_random(text: str, min_bits: float = 3.0) -> bool:
 def mod97_ok(text: str) -> bool:
     """ISO 7064 MOD 97-10 with the IBAN convention: first four characters moved to the end."""
     value = compact(text).upper()
-    return len(value) > 4 and value.isalnum() and mod97(value[4:] + value[:4]) == 1
+    return len(value) > 4 and value.isascii() and value.isalnum() and mod97(value[4:] + value[:4]) == 1

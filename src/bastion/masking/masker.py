@@ -26,9 +26,13 @@ _UNMASKABLE: Final = "[UNMASKABLE]"
 _PREFILTER_MIN_SLOTS: Final = 4
 _MAX_CACHED_KEYS: Final = 4096
 _MIN_SCANNED_INT: Final = 10**6
+_MIN_ROUNDS: Final = 4
 _MAX_ROUNDS: Final = 64
+_RESCAN_BUDGET_CHARS: Final = 8_000_000
 """Rescans of one string. Values glued together surface one per round (masking one gives the next
-its boundary), so this bounds such a chain; a longer one fails closed like any masking failure."""
+its boundary), so the rounds bound such a chain; a longer one fails closed like any masking
+failure. Each round rescans the whole string on the event loop, so a long string gets fewer
+rounds: as many as the budget allows, between the two bounds."""
 
 
 class TextAnalyzer(Protocol):
@@ -273,7 +277,8 @@ class Masker:
         ``[EMAIL]+44…``), so the masked text is rescanned: this is what makes masking idempotent.
         """
         names = ctx.found.setdefault(nid, [])
-        for _ in range(_MAX_ROUNDS):
+        rounds = max(_MIN_ROUNDS, min(_MAX_ROUNDS, _RESCAN_BUDGET_CHARS // max(len(text), 1)))
+        for _ in range(rounds):
             pieces: list[str] = []
             last = 0
             for hit in hits:

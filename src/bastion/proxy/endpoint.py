@@ -67,7 +67,8 @@ async def _run(
     listing_failed = False
     if listing is not None and (link.name, listing[1]) not in session.caller.listed_names:
         # Policy must know the upstream's tools or prompts (annotations, and which names exist at
-        # all) before it decides on a call, even when the client never listed them.
+        # all) before it decides on a call, even when the client never listed them. The names
+        # count only once every page was read (stages/policy.py); otherwise the call is refused.
         await _list_all(session, link, listing[0], request_id)
         listing_failed = (link.name, listing[1]) not in session.caller.listed_names
     inflight = session.inflight_for(request_id)

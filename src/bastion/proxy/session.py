@@ -201,6 +201,7 @@ class DownstreamSession:
         if method in _LIST_CHANGED:
             # What policy knows of this upstream's names is stale: the next call lists them afresh.
             self.caller.listed_names.pop((link.name, _LIST_CHANGED[method]), None)
+            self.caller.listing_pages.pop((link.name, _LIST_CHANGED[method]), None)
         if method == "notifications/cancelled" and isinstance(params, dict):
             cancelled_id = params.get("requestId")
             relay = self._relays.get((link.name, cancelled_id)) if isinstance(cancelled_id, (str, int)) else None

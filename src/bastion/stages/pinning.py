@@ -48,6 +48,11 @@ class ToolPinning:
                 listed.append(tool)
         return listed
 
+    def hidden_after_change(self, server: str, tool: str) -> bool:
+        """Whether the tool's last listing hid it (``on_tool_change: hide``) for a change nobody approved."""
+        review = self._blocked.get((server, tool))
+        return review is not None and not review.listed
+
     async def check_call(self, server: str, tool: str) -> None:
         """Raise POLICY_DENIED if the tool's last listing showed a change nobody approved yet."""
         review = self._blocked.get((server, tool))

@@ -96,7 +96,11 @@ class PolicyStage:
             )
         if target is not Target.OTHER:
             if listed is not None and name not in listed:
-                unseen = f"the upstream does not list this {target.value}"
+                unseen = (
+                    "hidden: its definition changed since it was pinned and nobody approved the change"
+                    if self._pinning is not None and self._pinning.hidden_after_change(ex.upstream, name)
+                    else f"the upstream does not list this {target.value}"
+                )
             elif not engine.visible(principal.subject, principal.groups, ex.upstream, target, name, annotations, trusted):
                 unseen = "hidden from this caller by policy"
             else:
@@ -133,18 +137,18 @@ class PolicyStage:
                 notes.outcome = "denied"
                 raise DenialError("Approval required but the rule names no approvers", data={"rule": decision.rule_id})
             ex.approval_requirement = decision.approval
-        if target is Target.TOOL and self._pinning is not None:
-            try:
+        try:
+            if target is Target.TOOL and self._pinning is not None:
                 await self._pinning.check_call(ex.upstream, name)
-            except DenialError:
-                notes.outcome = "denied"
-                raise
-        if decision.rate_limits:
-            try:
+            if decision.rate_limits:
                 self._limiter.acquire(decision.rate_limits)
-            except DenialError:
-                notes.outcome = "denied"
-                raise
+        except DenialError as exc:
+            # The rule allowed, a later check refused: the record names the check, not the rule.
+            notes.outcome = "denied"
+            notes.action = Action.DENY.value
+            notes.rule_id = exc.data.get("rule", notes.rule_id)
+            notes.reason = str(exc)
+            raise
         return await call_next(ex)
 
     async def _review_pins(self, engine: PolicyEngine, ex: Exchange, reply: Reply) -> Reply:
@@ -166,9 +170,15 @@ class PolicyStage:
             names = frozenset(
                 item["name"] for item in result[key] if isinstance(item, dict) and isinstance(item.get("name"), str)
             )
-            if (ex.params or {}).get("cursor"):  # a later page adds to the first
-                names |= ex.caller.listed_names.get((ex.upstream, target.value), frozenset())
-            ex.caller.listed_names[(ex.upstream, target.value)] = names
+            listing = (ex.upstream, target.value)
+            if (ex.params or {}).get("cursor"):  # a later page adds to the ones before
+                names |= ex.caller.listing_pages.get(listing, frozenset())
+            if result.get("nextCursor"):
+                # Not the whole catalogue yet: a name on a page not read must not look unknown.
+                ex.caller.listing_pages[listing] = names
+            else:
+                ex.caller.listing_pages.pop(listing, None)
+                ex.caller.listed_names[listing] = names
         visible = []
         for item in result[key]:
             if not isinstance(item, dict) or not isinstance(item.get(field), str):

@@ -24,6 +24,7 @@ POSITIVES = [
     ("ipv4", "from 203.0.113.42:443", "203.0.113.42"),
     ("ipv6", "peer 2001:db8:85a3::8a2e:370:7334 up", "2001:db8:85a3::8a2e:370:7334"),
     ("uk_nino", "NI number AB 12 34 56 C", "AB 12 34 56 C"),
+    ("uk_nino", "NI number AB ١٢ ٣٤ ٥٦ C", "AB ١٢ ٣٤ ٥٦ C"),  # Arabic-Indic digits: \d finds them, the check reads them
     ("in_aadhaar", "aadhaar 2345 6789 0124", "2345 6789 0124"),
     ("br_cpf", "CPF 529.982.247-25", "529.982.247-25"),
     ("cn_resident_id", "id 11010519491231002X", "11010519491231002X"),

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from tests.unit.masking.conftest import make_masker
 
 from bastion.masking import Masker
+from bastion.masking.errors import MaskingError
 
 SAMPLES = [
     "jane.doe@example.com", "+44 20 7946 0958", "(415) 555-2671", "4111 1111 1111 1111", "378282246310005",
@@ -63,3 +65,10 @@ def test_masking_converges_when_values_glued_together_surface_one_per_rescan() -
     once = MASKERS["hash"].mask_text(text, parse_json=False)
     assert "7946" not in once.value and once.value.count("[PHONE:") == 12
     assert MASKERS["hash"].mask_text(once.value, parse_json=False).value == once.value
+
+
+def test_a_long_string_gets_fewer_rescans_and_fails_closed_beyond_them() -> None:
+    # Every rescan reads the whole string on the event loop: 2 MB gets 4 rounds, not 64.
+    glued = "jane.doe@example.com" + "+44 20 7946 0958" * 12
+    with pytest.raises(MaskingError):
+        MASKERS["hash"].mask_text("x" * 2_000_000 + " " + glued, parse_json=False)
