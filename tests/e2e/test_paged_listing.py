@@ -4,7 +4,6 @@ breaks off refuses the call (``listing_unavailable``) until a later listing comp
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 
@@ -13,9 +12,8 @@ from mcp.client.client import Client
 from mcp.shared.exceptions import MCPError
 
 from bastion.jsonrpc import codes
-from bastion.storage import RecordQuery, open_store
 from tests.e2e.gateway import running_gateway
-from tests.e2e.test_rug_pull import HONEST, SHIFTY
+from tests.e2e.test_rug_pull import HONEST, SHIFTY, denied_records
 
 pytestmark = [pytest.mark.e2e, pytest.mark.anyio]
 
@@ -26,12 +24,7 @@ def config(first_page: Path, second_page: Path) -> dict[str, object]:
 
 
 async def denied_reasons(workdir: Path) -> list[tuple[str, str]]:
-    store = await open_store(f"sqlite:///{workdir}/audit.db")
-    try:
-        entries = await store.search_entries(RecordQuery(kind="response", outcome="denied"))
-    finally:
-        await store.aclose()
-    bodies = sorted((json.loads(e.body) for e in entries), key=lambda b: b["seq"])
+    bodies = sorted(await denied_records(workdir), key=lambda b: b["seq"])
     return [(b["what"]["name"], b["decision"]["reason"]) for b in bodies]
 
 

@@ -7,20 +7,21 @@ import pytest
 from bastion.masking import checksum
 
 
-@pytest.mark.parametrize(
-    ("fn", "good", "bad"),
-    [
-        (checksum.luhn_ok, "79927398713", "79927398710"),
-        (checksum.iban_ok, "GB82 WEST 1234 5698 7654 32", "GB82 WEST 1234 5698 7654 33"),
-        (checksum.mod97_ok, "GB82WEST12345698765432", "GB83WEST12345698765432"),
-        (checksum.verhoeff_ok, "2363", "2364"),
-        (checksum.aadhaar_ok, "234567890124", "134567890124"),
-        (checksum.cpf_ok, "529.982.247-25", "111.111.111-11"),
-        (checksum.cn_resident_id_ok, "11010519491231002X", "110105194912310021"),
-        (checksum.nino_ok, "AB123456C", "GB123456C"),
-        (checksum.ssn_ok, "536-22-1234", "666-22-1234"),
-    ],
-)
+CHECKS = [
+    (checksum.luhn_ok, "79927398713", "79927398710"),
+    (checksum.iban_ok, "GB82 WEST 1234 5698 7654 32", "GB82 WEST 1234 5698 7654 33"),
+    (checksum.mod97_ok, "GB82WEST12345698765432", "GB83WEST12345698765432"),
+    (checksum.verhoeff_ok, "2363", "2364"),
+    (checksum.aadhaar_ok, "234567890124", "134567890124"),
+    (checksum.cpf_ok, "529.982.247-25", "111.111.111-11"),
+    (checksum.cn_resident_id_ok, "11010519491231002X", "110105194912310021"),
+    (checksum.nino_ok, "AB123456C", "GB123456C"),
+    (checksum.ssn_ok, "536-22-1234", "666-22-1234"),
+]
+"""Each check with a published valid example and a single-digit mutation of it."""
+
+
+@pytest.mark.parametrize(("fn", "good", "bad"), CHECKS)
 def test_check_accepts_valid_and_rejects_mutation(fn, good: str, bad: str) -> None:  # type: ignore[no-untyped-def]
     assert fn(good) is True
     assert fn(bad) is False
@@ -38,25 +39,12 @@ def test_entropy_is_zero_for_repeated_character_and_high_for_random() -> None:
     assert checksum.looks_random("abcdefghabcdefgh") is False
 
 
-
 FOREIGN_DIGITS = [str.maketrans("0123456789", "٠١٢٣٤٥٦٧٨٩"), str.maketrans("0123456789", "०१२३४५६७८९")]
 """Arabic-Indic and Devanagari: the detectors' ``\\d`` matches them, so the checks must read them."""
 
 
 @pytest.mark.parametrize("digits", FOREIGN_DIGITS, ids=["arabic-indic", "devanagari"])
-@pytest.mark.parametrize(
-    ("fn", "good", "bad"),
-    [
-        (checksum.luhn_ok, "79927398713", "79927398710"),
-        (checksum.iban_ok, "GB82 WEST 1234 5698 7654 32", "GB82 WEST 1234 5698 7654 33"),
-        (checksum.verhoeff_ok, "2363", "2364"),
-        (checksum.aadhaar_ok, "234567890124", "134567890124"),
-        (checksum.cpf_ok, "529.982.247-25", "111.111.111-11"),
-        (checksum.cn_resident_id_ok, "11010519491231002X", "110105194912310021"),
-        (checksum.nino_ok, "AB123456C", "GB123456C"),
-        (checksum.ssn_ok, "536-22-1234", "666-22-1234"),
-    ],
-)
+@pytest.mark.parametrize(("fn", "good", "bad"), CHECKS)
 def test_check_reads_digits_of_other_scripts_like_ascii_ones(fn, good: str, bad: str, digits: dict[int, int]) -> None:  # type: ignore[no-untyped-def]
     # Found by the scanner backends' property test: "٣" passed str.isdigit, then broke the arithmetic (IndexError).
     assert fn(good.translate(digits)) is True
