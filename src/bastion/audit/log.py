@@ -486,8 +486,7 @@ class AuditLog:
         """Sign and store a checkpoint of the current tree (timed, heartbeat or final).
 
         A final one is skipped when the newest checkpoint already signs the whole tree (a batch
-        carried it): a copy would add only the time, and whether it was written would hang on the
-        clock (the same millisecond makes the same note).
+        carried it): a copy would add only the time.
         """
         try:
             if not self._healthy:

@@ -154,12 +154,13 @@ def merge_queued(queued: Sequence[tuple[AppendRows, T]]) -> list[tuple[AppendRow
         runs.append([(rows, tag)])
     merged = []
     for run in runs:
-        first, last = run[0][0], run[-1][0]
+        rows = run[0][0]
         if len(run) > 1:
-            records = [record for rows, _ in run for record in rows.records]
-            checkpoints = [checkpoint for rows, _ in run for checkpoint in rows.checkpoints]
-            first = AppendRows(first.origin, first.previous_size, last.tree_size, last.frontier, records, checkpoints)
-        merged.append((first, [tag for _, tag in run]))
+            last = run[-1][0]
+            records = [record for part, _ in run for record in part.records]
+            checkpoints = [checkpoint for part, _ in run for checkpoint in part.checkpoints]
+            rows = AppendRows(rows.origin, rows.previous_size, last.tree_size, last.frontier, records, checkpoints)
+        merged.append((rows, [tag for _, tag in run]))
     return merged
 
 
