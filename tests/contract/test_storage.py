@@ -132,6 +132,20 @@ async def test_batch_is_refused_whole_when_previous_size_does_not_match(store: A
     assert (await store.fetch_head("o1")) == LogHead("o1", 1, frontier.hashes)
 
 
+async def test_one_record_batch_is_refused_when_the_head_has_moved_past_it(store: AuditStore) -> None:
+    # The commonest batch (one record, no checkpoint) takes a statement of its own on PostgreSQL.
+    frontier = Frontier()
+    committed = [make_entry("o1", seq) for seq in range(3)]
+    await store.append_batch(make_batch(frontier, committed[:2]))
+    stale_frontier = Frontier()
+    make_batch(stale_frontier, committed[:1])
+    with pytest.raises(HeadConflictError, match="at tree size 2, batch expects 1"):
+        await store.append_batch(make_batch(stale_frontier, [make_entry("o1", 1, subject="stale")]))
+    await store.append_batch(make_batch(frontier, committed[2:]))
+    assert await store.fetch_entries("o1", 0, 5) == committed
+    assert await store.fetch_head("o1") == LogHead("o1", 3, frontier.hashes)
+
+
 async def test_exactly_one_writer_wins_when_two_race_for_the_same_seq(store: AuditStore) -> None:
     a = make_batch(Frontier(), [make_entry("o1", 0, subject="a")])
     b = make_batch(Frontier(), [make_entry("o1", 0, subject="b")])

@@ -196,10 +196,14 @@ class PostgresStore:
             # Moving the head takes its row lock, which serialises writers of one origin; a second
             # gateway writing the same origin then moves no head and inserts nothing (READ
             # COMMITTED re-checks the tree size after the lock wait). One statement, autocommit.
-            arrays = [list(c) for c in zip(*rows.records, strict=True)] or [[] for _ in range(_sql.RECORD_WIDTH)]
-            arrays += [list(c) for c in zip(*rows.checkpoints, strict=True)] or [[] for _ in range(_sql.CHECKPOINT_WIDTH)]
-            sql = _sql.append_batch_arrays_sql(first=rows.previous_size == 0)
-            if await conn.fetchval(sql, *rows.head_row(), *arrays) != 1:
+            first = rows.previous_size == 0
+            if len(rows.records) == 1 and not rows.checkpoints:
+                moved = await conn.execute(_sql.append_one_record_sql(first=first), *rows.head_row(), *rows.records[0]) == "INSERT 0 1"
+            else:
+                arrays = [list(c) for c in zip(*rows.records, strict=True)] or [[] for _ in range(_sql.RECORD_WIDTH)]
+                arrays += [list(c) for c in zip(*rows.checkpoints, strict=True)] or [[] for _ in range(_sql.CHECKPOINT_WIDTH)]
+                moved = await conn.fetchval(_sql.append_batch_arrays_sql(first=first), *rows.head_row(), *arrays) == 1
+            if not moved:
                 raise rows.conflict(await conn.fetchval("SELECT tree_size FROM log_heads WHERE origin = $1", rows.origin))
         except BaseException as exc:
             if not isinstance(exc, StorageError):  # the connection may be broken: let the pool judge it
