@@ -182,12 +182,51 @@ COMMON_OUTCOMES = frozenset({"ok"})
 COMMON_KINDS = frozenset({"request", "response", "notification"})
 RARE_OUTCOME_PREDICATE = "outcome <> 'ok'"
 RARE_KIND_PREDICATE = "kind NOT IN ('request', 'response', 'notification')"
-"""The WHERE clauses of the partial indexes of migration 0005, word for word: a planner uses a
-partial index only when the query carries its predicate, and cannot infer it from ``kind = ?``."""
+"""The WHERE clauses of the partial indexes of migration 0005 (and, on SQLite, 0006), word for word:
+a planner uses a partial index only when the query carries its predicate, and cannot infer it
+from ``kind = ?``. Each starts with its column, so a table qualifier can be put in front."""
 
 
 def search_sql(query: RecordQuery, ph: Placeholder) -> tuple[str, list[Any]]:
-    """SELECT matching every filter of ``query``, newest first."""
+    """PostgreSQL: SELECT of the records matching every filter of ``query``, newest first."""
+    terms, params = _search_terms(query, ph)
+    where = _where(terms, "")
+    params.append(max(1, min(query.limit, MAX_SEARCH_LIMIT)))
+    sql = f"SELECT {ENTRY_COLUMNS} FROM records{where} ORDER BY time DESC, origin, seq DESC LIMIT {ph(len(params))}"
+    return sql, params
+
+
+def search_filed_sql(query: RecordQuery) -> tuple[str, list[Any]]:
+    """SQLite: SELECT of the records matching ``query``, newest first, through ``search_index``.
+
+    Records are filed into ``search_index`` after their commit (migration 0006), so a search also
+    reads each origin's records past its last filed seq (a short run, or the rows a crash lost
+    before the store reopened), filtering on the records' own copies of the columns.
+    """
+    terms, params = _search_terms(query, qmark)
+    params.append(max(1, min(query.limit, MAX_SEARCH_LIMIT)))
+    limit = qmark(len(params))
+    order = "time DESC, {0}origin, {0}seq DESC"
+    filed = (
+        f"SELECT i.origin, i.seq, i.time FROM search_index AS i{_where(terms, 'i.')}"
+        f" ORDER BY i.{order.format('i.')} LIMIT {limit}"
+    )
+    unfiled = (
+        # CROSS JOIN keeps the origins outside: a range of each one's primary key, not a scan of records.
+        "SELECT t.origin, t.seq, t.time FROM log_heads AS h CROSS JOIN records AS t ON t.origin = h.origin"
+        " AND t.seq > (SELECT coalesce(max(s.seq), -1) FROM search_index AS s WHERE s.origin = h.origin)"
+        f"{_where(terms, 't.')} ORDER BY t.{order.format('t.')} LIMIT {limit}"
+    )
+    columns = ", ".join(f"r.{column}" for column in ENTRY_COLUMNS.split(", "))
+    sql = (
+        f"SELECT {columns} FROM (SELECT * FROM ({filed}) UNION ALL SELECT * FROM ({unfiled})) AS m"
+        f" JOIN records AS r ON r.origin = m.origin AND r.seq = m.seq ORDER BY m.{order.format('m.')} LIMIT {limit}"
+    )
+    return sql, params
+
+
+def _search_terms(query: RecordQuery, ph: Placeholder) -> tuple[list[str], list[Any]]:
+    """The filters of ``query`` as ``column op placeholder`` (column unqualified), and their parameters."""
     filters = [
         ("origin", "=", query.origin),
         ("subject", "=", query.subject),
@@ -198,20 +237,21 @@ def search_sql(query: RecordQuery, ph: Placeholder) -> tuple[str, list[Any]]:
         ("time", ">=", query.time_from),
         ("time", "<", query.time_to),
     ]
-    clauses: list[str] = []
+    terms: list[str] = []
     params: list[Any] = []
     for column, op, value in filters:
         if value is not None:
             params.append(value)
-            clauses.append(f"{column} {op} {ph(len(params))}")
+            terms.append(f"{column} {op} {ph(len(params))}")
     if query.outcome is not None and query.outcome not in COMMON_OUTCOMES:
-        clauses.append(RARE_OUTCOME_PREDICATE)
+        terms.append(RARE_OUTCOME_PREDICATE)
     if query.kind is not None and query.kind not in COMMON_KINDS:
-        clauses.append(RARE_KIND_PREDICATE)
-    where = f" WHERE {' AND '.join(clauses)}" if clauses else ""
-    params.append(max(1, min(query.limit, MAX_SEARCH_LIMIT)))
-    sql = f"SELECT {ENTRY_COLUMNS} FROM records{where} ORDER BY time DESC, origin, seq DESC LIMIT {ph(len(params))}"
-    return sql, params
+        terms.append(RARE_KIND_PREDICATE)
+    return terms, params
+
+
+def _where(terms: list[str], qualifier: str) -> str:
+    return f" WHERE {' AND '.join(qualifier + term for term in terms)}" if terms else ""
 
 
 def entry_from_row(row: Any) -> LogEntry:

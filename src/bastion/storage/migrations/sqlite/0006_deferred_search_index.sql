@@ -1,0 +1,32 @@
+-- The search indexes move out of the durable commit. records keeps its primary key only, so an
+-- audited call's commit writes the record and the head and nothing else; the writer thread files
+-- each committed record into search_index afterwards, in a transaction of its own that does not
+-- wait for the disk. Measured on one machine, same run: 0.87 ms against 1.02 ms added per call
+-- (two commits) at 256 concurrent calls. Rows of search_index lost in a crash are filed again when
+-- the store opens, and a search also reads the records past each origin's last filed seq, so no
+-- committed record is ever missing from a search. Index names and predicates as in 0001 and 0005.
+CREATE TABLE search_index (
+    origin     TEXT    NOT NULL,
+    seq        INTEGER NOT NULL,
+    time       TEXT    NOT NULL,
+    kind       TEXT    NOT NULL,
+    subject    TEXT,
+    tool       TEXT,
+    session_id TEXT,
+    outcome    TEXT,
+    PRIMARY KEY (origin, seq)
+) WITHOUT ROWID;
+INSERT INTO search_index (origin, seq, time, kind, subject, tool, session_id, outcome)
+    SELECT origin, seq, time, kind, subject, tool, session_id, outcome FROM records;
+DROP INDEX records_time;
+DROP INDEX records_subject_time;
+DROP INDEX records_tool_time;
+DROP INDEX records_session;
+DROP INDEX records_rare_outcome_time;
+DROP INDEX records_rare_kind_time;
+CREATE INDEX search_index_time ON search_index (time);
+CREATE INDEX search_index_subject_time ON search_index (subject, time) WHERE subject IS NOT NULL;
+CREATE INDEX search_index_tool_time ON search_index (tool, time) WHERE tool IS NOT NULL;
+CREATE INDEX search_index_session ON search_index (session_id) WHERE session_id IS NOT NULL;
+CREATE INDEX search_index_rare_outcome_time ON search_index (outcome, time) WHERE outcome <> 'ok';
+CREATE INDEX search_index_rare_kind_time ON search_index (kind, time) WHERE kind NOT IN ('request', 'response', 'notification');
