@@ -199,9 +199,10 @@ def search_sql(query: RecordQuery, ph: Placeholder) -> tuple[str, list[Any]]:
 def search_filed_sql(query: RecordQuery) -> tuple[str, list[Any]]:
     """SQLite: SELECT of the records matching ``query``, newest first, through ``search_index``.
 
-    Records are filed into ``search_index`` after their commit (migration 0006), so a search also
-    reads each origin's records past its last filed seq (a short run, or the rows a crash lost
-    before the store reopened), filtering on the records' own copies of the columns.
+    Records are filed into ``search_index`` after their commit (migration 0006,
+    storage/sqlite_search.py), so a search also reads each origin's records past its filing
+    watermark (a short run, or what a crash left unfiled), filtering on the records' own copies
+    of the columns.
     """
     terms, params = _search_terms(query, qmark)
     params.append(max(1, min(query.limit, MAX_SEARCH_LIMIT)))
@@ -214,7 +215,7 @@ def search_filed_sql(query: RecordQuery) -> tuple[str, list[Any]]:
     unfiled = (
         # CROSS JOIN keeps the origins outside: a range of each one's primary key, not a scan of records.
         "SELECT t.origin, t.seq, t.time FROM log_heads AS h CROSS JOIN records AS t ON t.origin = h.origin"
-        " AND t.seq > (SELECT coalesce(max(s.seq), -1) FROM search_index AS s WHERE s.origin = h.origin)"
+        " AND t.seq > coalesce((SELECT f.through FROM search_filed AS f WHERE f.origin = h.origin), -1)"
         f"{_where(terms, 't.')} ORDER BY t.{order.format('t.')} LIMIT {limit}"
     )
     columns = ", ".join(f"r.{column}" for column in ENTRY_COLUMNS.split(", "))

@@ -33,6 +33,7 @@ from bastion.storage.migrate import SCHEMA_MIGRATIONS_SQL, pending_migrations
 from bastion.storage.sqlite_approvals import SqliteApprovalStore
 from bastion.storage.sqlite_keys import SqliteApiKeyStore
 from bastion.storage.sqlite_pins import SqliteToolPinStore
+from bastion.storage.sqlite_search import SearchFiler
 from bastion.storage.sqlite_timestamps import SqliteCheckpointTimestampStore
 
 T = TypeVar("T")
@@ -81,33 +82,6 @@ def _insert_records(conn: sqlite3.Connection, rows: list[tuple[Any, ...]]) -> No
     for start in range(0, len(rows), INSERT_ROWS_PER_STATEMENT):
         chunk = rows[start : start + INSERT_ROWS_PER_STATEMENT]
         conn.execute(_sql.insert_records_sql(_sql.qmark, len(chunk)), [value for row in chunk for value in row])
-
-
-FILE_AFTER_QUIET_S = 0.002
-"""How long the writer waits with no write queued before it files committed records into the
-search index. Filing at once would hold the GIL just as the event loop wakes to release the callers."""
-FILE_ROWS_UNDER_LOAD = 256
-"""Unfiled records at which the writer files them between two commits even when writes keep coming."""
-
-@functools.cache  # one text per chunk size
-def _insert_search_rows_sql(rows: int) -> str:
-    """Multi-row INSERT into ``search_index``; OR IGNORE because a store opened by another process
-    files every origin's unfiled records, this writer's too."""
-    values = ", ".join(["(?, ?, ?, ?, ?, ?, ?, ?)"] * rows)
-    return f"INSERT OR IGNORE INTO search_index (origin, seq, time, kind, subject, tool, session_id, outcome) VALUES {values}"
-
-FILE_UNFILED_SQL = (
-    "INSERT OR IGNORE INTO search_index (origin, seq, time, kind, subject, tool, session_id, outcome)"
-    " SELECT r.origin, r.seq, r.time, r.kind, r.subject, r.tool, r.session_id, r.outcome"
-    " FROM log_heads AS h CROSS JOIN records AS r ON r.origin = h.origin"
-    " AND r.seq > (SELECT coalesce(max(s.seq), -1) FROM search_index AS s WHERE s.origin = h.origin)"
-)
-"""Files the records a crash left unfiled (filing is not durable), when the store opens."""
-
-
-def _search_row(record: tuple[Any, ...]) -> tuple[Any, ...]:
-    """The ``search_index`` row of an ``AppendRows.records`` tuple (all but body and leaf hash)."""
-    return record[:4] + record[6:]
 
 
 def _append_rows(conn: sqlite3.Connection, rows: _sql.AppendRows) -> None:
@@ -162,8 +136,8 @@ class SqliteStore:
         self._reader_conns: list[sqlite3.Connection] = []
         self._reader_lock = threading.Lock()
         self._closed = False
-        self._unfiled: list[tuple[Any, ...]] = []
-        """Search rows of committed records, in commit order, for the writer thread to file."""
+        self._filer: SearchFiler | None = None
+        """The writer thread's, from when it has opened the database."""
 
     @classmethod
     async def open(cls, path: str) -> SqliteStore:
@@ -193,35 +167,42 @@ class SqliteStore:
     # -- writer thread ---------------------------------------------------------------------------
 
     def _serve(self) -> None:
+        opened: list[sqlite3.Connection] = []
         try:
             conn = _connect(self._path)
+            opened.append(conn)
             if self._path != MEMORY:
                 conn.execute("PRAGMA journal_mode = WAL")
             conn.execute("PRAGMA synchronous = FULL")
             _migrate(conn)
-            conn.execute(FILE_UNFILED_SQL)
             if self._path == MEMORY:
-                filer = conn  # nothing reaches a disk; a second connection would see another database
+                filing = conn  # nothing reaches a disk; a second connection would see another database
             else:
-                # Filing need not wait for the disk: a crash loses only index rows, which the next
-                # open files again. In WAL mode the next durable commit's fsync covers them anyway.
-                filer = _connect(self._path)
-                filer.execute("PRAGMA synchronous = NORMAL")
+                # Filing need not wait for the disk: a crash loses filing, which the next open
+                # finds and does again. In WAL mode the next durable commit's fsync covers it anyway.
+                filing = _connect(self._path)
+                opened.append(filing)
+                filing.execute("PRAGMA synchronous = NORMAL")
+            filer = self._filer = SearchFiler(filing)
+            filer.find_unfiled()
         except sqlite3.Error as exc:
+            for connection in reversed(opened):
+                connection.close()
             self._signal_ready(False, _translate(exc, "cannot open SQLite store"))
             return
         self._signal_ready(True, None)
         try:
             while True:
-                if len(self._unfiled) >= FILE_ROWS_UNDER_LOAD:
-                    self._file(filer)
+                if filer.due_under_load:
+                    filer.file()
+                wait_s = filer.wait_s()
                 try:
-                    first = self._jobs.get(timeout=FILE_AFTER_QUIET_S) if self._unfiled else self._jobs.get()
+                    first = self._jobs.get() if wait_s is None else self._jobs.get(timeout=wait_s)
                 except queue.Empty:
-                    self._file(filer)
+                    filer.file()
                     continue
                 if first is None:
-                    self._file(filer)
+                    filer.file()
                     return
                 jobs, stop = [first], False
                 while not stop:
@@ -235,31 +216,11 @@ class SqliteStore:
                         jobs.append(more)
                 self._run_group(conn, jobs)
                 if stop:
-                    self._file(filer)
+                    filer.file()
                     return
         finally:
-            if filer is not conn:
-                filer.close()
-            conn.close()
-
-    def _file(self, filer: sqlite3.Connection) -> None:
-        """File the committed records into the search index, in one transaction that does not wait for the disk."""
-        if not self._unfiled:
-            return
-        rows, self._unfiled = self._unfiled, []
-        try:
-            filer.execute("BEGIN IMMEDIATE")
-            for start in range(0, len(rows), INSERT_ROWS_PER_STATEMENT):
-                chunk = rows[start : start + INSERT_ROWS_PER_STATEMENT]
-                filer.execute(_insert_search_rows_sql(len(chunk)), [value for row in chunk for value in row])
-            filer.execute("COMMIT")
-        except sqlite3.Error as exc:
-            if filer.in_transaction:
-                filer.execute("ROLLBACK")
-            # Searches still find these records (they read past the last filed seq); filing is
-            # tried again after the next commit. Out of order would hide them: they go first.
-            self._unfiled[:0] = rows
-            log.warning("cannot file %d audit records into the search index yet: %s", len(rows), exc)
+            for connection in reversed(opened):
+                connection.close()
 
     def _run_group(self, conn: sqlite3.Connection, jobs: list[_Job]) -> None:
         reads = [j for j in jobs if not j.write]
@@ -301,8 +262,8 @@ class SqliteStore:
         for (_, jobs), outcome in zip(units, outcomes, strict=True):
             for job in jobs:
                 job.outcome = outcome
-                if outcome[0] and job.append is not None:
-                    self._unfiled.extend(map(_search_row, job.append.records))
+                if outcome[0] and job.append is not None and self._filer is not None:
+                    self._filer.committed(job.append.origin, job.append.tree_size, len(job.append.records))
 
     # -- submission ------------------------------------------------------------------------------
 
@@ -437,8 +398,6 @@ class SqliteStore:
             ).fetchone()
             if found is None:
                 raise StorageError(f"no checkpoint of {origin!r} at tree size {tree_size}; refusing to prune")
-            # Rows filed after this (their records were still unfiled) point at nothing; a search
-            # joins records, and the next prune removes them.
             conn.execute("DELETE FROM search_index WHERE origin = ? AND seq < ?", (origin, tree_size))
             return conn.execute("DELETE FROM records WHERE origin = ? AND seq < ?", (origin, tree_size)).rowcount
 

@@ -1,10 +1,10 @@
 -- The search indexes move out of the durable commit. records keeps its primary key only, so an
--- audited call's commit writes the record and the head and nothing else; the writer thread files
--- each committed record into search_index afterwards, in a transaction of its own that does not
--- wait for the disk. Measured on one machine, same run: 0.87 ms against 1.02 ms added per call
--- (two commits) at 256 concurrent calls. Rows of search_index lost in a crash are filed again when
--- the store opens, and a search also reads the records past each origin's last filed seq, so no
--- committed record is ever missing from a search. Index names and predicates as in 0001 and 0005.
+-- audited call's commit writes the record and the head and nothing else; the writer thread then
+-- files committed records into search_index, in a transaction of its own that does not wait for
+-- the disk (storage/sqlite_search.py). search_filed holds each origin's watermark: its records up
+-- to that seq are filed, the rest not yet. A search reads search_index and, past the watermark,
+-- records itself, so no committed record is missing from a search while filing lags or after a
+-- crash lost it. Measured: docs/performance.md. Index names and predicates as in 0001 and 0005.
 CREATE TABLE search_index (
     origin     TEXT    NOT NULL,
     seq        INTEGER NOT NULL,
@@ -16,8 +16,13 @@ CREATE TABLE search_index (
     outcome    TEXT,
     PRIMARY KEY (origin, seq)
 ) WITHOUT ROWID;
+CREATE TABLE search_filed (
+    origin  TEXT    PRIMARY KEY,
+    through INTEGER NOT NULL
+);
 INSERT INTO search_index (origin, seq, time, kind, subject, tool, session_id, outcome)
     SELECT origin, seq, time, kind, subject, tool, session_id, outcome FROM records;
+INSERT INTO search_filed (origin, through) SELECT origin, tree_size - 1 FROM log_heads WHERE tree_size > 0;
 DROP INDEX records_time;
 DROP INDEX records_subject_time;
 DROP INDEX records_tool_time;

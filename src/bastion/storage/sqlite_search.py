@@ -1,0 +1,105 @@
+"""Filing committed SQLite records into ``search_index``, behind the durable commits (migration 0006).
+
+The commit an audited call waits for writes the record and the head only; the writer thread
+files afterwards, on a connection that does not wait for the disk. Filing copies rows from
+``records`` up to a seq and moves the origin's watermark in ``search_filed`` to it, in one
+transaction: since an origin's records are contiguous, everything at or below a committed seq is
+committed, so the filed rows of an origin are always exactly those up to its watermark, whichever
+process wrote them. A search reads ``search_index`` and, past each watermark, ``records`` itself
+(``_sql.search_filed_sql``), so it never depends on filing having happened.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+import time
+
+log = logging.getLogger(__name__)
+
+FILE_AFTER_QUIET_S = 0.002
+"""How long the writer waits with no write queued before it files. Filing at once would hold the
+GIL just as the event loop wakes to release the callers of the commit before."""
+FILE_RECORDS_UNDER_LOAD = 256
+"""Unfiled records at which the writer files between two commits even when writes keep coming."""
+RETRY_FIRST_S = 0.1
+RETRY_MAX_S = 30.0
+
+UNFILED_SQL = (
+    "SELECT h.origin, h.tree_size - 1, h.tree_size - 1 - coalesce(f.through, -1)"
+    " FROM log_heads AS h LEFT JOIN search_filed AS f ON f.origin = h.origin"
+    " WHERE h.tree_size - 1 > coalesce(f.through, -1)"
+)
+FILE_SQL = (
+    "INSERT OR IGNORE INTO search_index (origin, seq, time, kind, subject, tool, session_id, outcome)"
+    " SELECT origin, seq, time, kind, subject, tool, session_id, outcome FROM records"
+    " WHERE origin = ?1 AND seq > coalesce((SELECT through FROM search_filed WHERE origin = ?1), -1) AND seq <= ?2"
+)
+ADVANCE_SQL = (
+    "INSERT INTO search_filed (origin, through) VALUES (?1, ?2)"
+    " ON CONFLICT (origin) DO UPDATE SET through = excluded.through WHERE excluded.through > search_filed.through"
+)
+
+
+class SearchFiler:
+    """What the writer thread has committed but not filed, and the filing itself; writer thread only."""
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self._conn = conn
+        self._through: dict[str, int] = {}
+        """Per origin, the highest committed seq not yet filed."""
+        self._records = 0
+        """About how many records that is (for when to file under load)."""
+        self._retry_at = 0.0
+        self._backoff_s = 0.0
+
+    def find_unfiled(self) -> None:
+        """Take up what earlier writers left unfiled (a crash loses filing, which is not durable).
+
+        Raises:
+            sqlite3.Error: the database cannot be read.
+        """
+        for origin, through, count in self._conn.execute(UNFILED_SQL):
+            self._note(origin, through, count)
+
+    def committed(self, origin: str, tree_size: int, records: int) -> None:
+        """Note a committed batch that left ``origin`` at ``tree_size``."""
+        self._note(origin, tree_size - 1, records)
+
+    def _note(self, origin: str, through: int, records: int) -> None:
+        self._through[origin] = max(through, self._through.get(origin, -1))
+        self._records += records
+
+    def wait_s(self) -> float | None:
+        """How long the writer may wait for its next job before filing; None: nothing to file."""
+        if not self._through:
+            return None
+        return max(FILE_AFTER_QUIET_S, self._retry_at - time.monotonic())
+
+    @property
+    def due_under_load(self) -> bool:
+        """Whether to file now although writes are queued."""
+        return self._records >= FILE_RECORDS_UNDER_LOAD and time.monotonic() >= self._retry_at
+
+    def file(self) -> None:
+        """File everything noted, in one transaction; on failure keep it and back off (searches do not need it)."""
+        if not self._through:
+            return
+        conn = self._conn
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            for origin, through in self._through.items():
+                conn.execute(FILE_SQL, (origin, through))
+                conn.execute(ADVANCE_SQL, (origin, through))
+            conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            self._backoff_s = min(RETRY_MAX_S, max(RETRY_FIRST_S, 2 * self._backoff_s))
+            self._retry_at = time.monotonic() + self._backoff_s
+            log.warning("cannot file %d audit records into the search index (searches still find them);"
+                        " next try in %.1f s: %s", self._records, self._backoff_s, exc)
+            return
+        self._through.clear()
+        self._records = 0
+        self._backoff_s = 0.0
