@@ -229,3 +229,44 @@ async def test_records_pruned_before_they_were_filed_are_never_filed(
         assert [e.seq for e in await store.search_entries(RecordQuery(limit=3))] == [10, 9, 8]
     finally:
         await store.aclose()
+
+
+async def test_under_steady_writes_filing_rides_in_the_durable_commits(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Writes that never pause: filing cannot wait for a pause (nor take the write lock once more)."""
+    path = tmp_path / "store.db"
+    store = await open_store(f"sqlite:///{path}")
+    try:
+        monkeypatch.setattr(store._filer, "file", lambda: None)  # type: ignore[attr-defined]  # no pause comes
+        frontier = Frontier()
+        for start in range(0, 300, 3):
+            await store.append_batch(make_batch(frontier, [make_entry("o1", seq) for seq in range(start, start + 3)]))
+        assert _filed(path) == list(range(len(_filed(path))))
+        assert len(_filed(path)) >= 256
+    finally:
+        await store.aclose()
+
+
+async def test_filing_waits_quietly_while_another_process_holds_the_write_lock(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "store.db"
+    store = await open_store(f"sqlite:///{path}")
+    other = sqlite3.connect(path, isolation_level=None)
+    try:
+        filer = store._filer  # type: ignore[attr-defined]
+        file_for_real = filer.file
+        monkeypatch.setattr(filer, "file", lambda: None)
+        await _append_ten(store)  # committed, not filed
+        other.execute("BEGIN IMMEDIATE")
+        with caplog.at_level(logging.WARNING, "bastion.storage.sqlite_search"):
+            monkeypatch.setattr(filer, "file", file_for_real)
+            await asyncio.sleep(0.3)  # pauses come and go; each try finds the lock taken
+            assert _query(path, "SELECT count(*) FROM search_index") == [(0,)]
+            other.execute("COMMIT")
+            await _eventually(lambda: _filed(path) == list(range(10)))
+        assert caplog.records == []  # a busy database is no failure
+    finally:
+        other.close()
+        await store.aclose()

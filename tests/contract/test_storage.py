@@ -383,6 +383,19 @@ async def test_data_and_head_survive_when_the_store_is_reopened(persistent_store
         await again.aclose()
 
 
+async def test_several_openers_of_one_new_sqlite_file_all_succeed(tmp_path: Path) -> None:
+    """Gateway instances and CLI readers starting together: one sets the file up, the others wait for it."""
+    for attempt in range(5):  # each attempt a new file: the race is in setting one up
+        url = f"sqlite:///{tmp_path / f'new-{attempt}.db'}"
+        opened = await asyncio.wait_for(asyncio.gather(*(open_store(url) for _ in range(3))), 30)
+        try:
+            await opened[0].append_batch(make_batch(Frontier(), [make_entry("o1", 0)]))
+            assert [e.seq for e in await opened[2].fetch_entries("o1", 0, 5)] == [0]
+        finally:
+            for store in opened:
+                await store.aclose()
+
+
 async def test_calls_fail_with_storage_error_when_the_store_is_closed(store_url: str) -> None:
     closed = await open_store(store_url)
     await closed.aclose()

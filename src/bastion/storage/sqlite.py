@@ -18,7 +18,8 @@ import logging
 import queue
 import sqlite3
 import threading
-from collections.abc import AsyncIterator, Callable
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -109,18 +110,58 @@ def _units(writes: list[_Job]) -> list[tuple[Callable[[sqlite3.Connection], Any]
     return units
 
 
+def _use_wal(conn: sqlite3.Connection) -> None:
+    """Put the database in WAL mode (a setting of the file, kept once set).
+
+    Switching a new file takes an exclusive lock and does not wait for one: when several
+    processes open the same new file at once, all but one are refused for a moment.
+    """
+    deadline = time.monotonic() + BUSY_TIMEOUT_S
+    while True:
+        try:
+            mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+        except sqlite3.OperationalError as exc:
+            if exc.sqlite_errorcode != sqlite3.SQLITE_BUSY or time.monotonic() > deadline:
+                raise
+        else:
+            if mode == "wal":
+                return
+            if time.monotonic() > deadline:
+                raise sqlite3.OperationalError(f"journal mode stays {mode!r}, not WAL")
+        time.sleep(0.01)
+
+
 def _migrate(conn: sqlite3.Connection) -> None:
     conn.execute(SCHEMA_MIGRATIONS_SQL)
     applied = {row[0] for row in conn.execute("SELECT version FROM schema_migrations")}
     for migration in pending_migrations("sqlite", applied):
-        stamp = datetime.now(UTC).isoformat()
-        record = f"INSERT INTO schema_migrations VALUES ({migration.version}, '{migration.name}', '{stamp}');"
         try:
-            conn.executescript(f"BEGIN IMMEDIATE;\n{migration.sql}\n{record}\nCOMMIT;")
+            conn.execute("BEGIN IMMEDIATE")
+            # Asked again under the lock: another process opening the same new file may have
+            # applied it while this one waited.
+            if conn.execute("SELECT 1 FROM schema_migrations WHERE version = ?", (migration.version,)).fetchone() is None:
+                for statement in _statements(migration.sql):
+                    conn.execute(statement)
+                conn.execute(
+                    "INSERT INTO schema_migrations VALUES (?, ?, ?)",
+                    (migration.version, migration.name, datetime.now(UTC).isoformat()),
+                )
+            conn.execute("COMMIT")
         except sqlite3.Error:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
             raise
+
+
+def _statements(script: str) -> Iterator[str]:
+    """The statements of a migration file, one by one (``executescript`` would commit the transaction first)."""
+    pending = ""
+    for piece in script.split(";"):
+        pending += piece + ";"
+        if sqlite3.complete_statement(pending):  # a ";" inside a comment or a string does not end one
+            if any(line.strip() and not line.strip().startswith("--") for line in pending.rstrip(";").splitlines()):
+                yield pending
+            pending = ""
 
 
 class SqliteStore:
@@ -172,7 +213,7 @@ class SqliteStore:
             conn = _connect(self._path)
             opened.append(conn)
             if self._path != MEMORY:
-                conn.execute("PRAGMA journal_mode = WAL")
+                _use_wal(conn)
             conn.execute("PRAGMA synchronous = FULL")
             _migrate(conn)
             if self._path == MEMORY:
@@ -183,6 +224,7 @@ class SqliteStore:
                 filing = _connect(self._path)
                 opened.append(filing)
                 filing.execute("PRAGMA synchronous = NORMAL")
+                filing.execute("PRAGMA busy_timeout = 0")
             filer = self._filer = SearchFiler(filing)
             filer.find_unfiled()
         except sqlite3.Error as exc:
@@ -193,8 +235,6 @@ class SqliteStore:
         self._signal_ready(True, None)
         try:
             while True:
-                if filer.due_under_load:
-                    filer.file()
                 wait_s = filer.wait_s()
                 try:
                     first = self._jobs.get() if wait_s is None else self._jobs.get(timeout=wait_s)
@@ -244,7 +284,11 @@ class SqliteStore:
                 # The common case: no neighbour to protect. Every statement spared is one less wait
                 # for the GIL while the event loop thread is busy.
                 outcomes = [_attempt(units[0][0], conn)]
-                conn.execute("COMMIT" if outcomes[0][0] else "ROLLBACK")
+                if outcomes[0][0]:
+                    self._file_under_load(conn)
+                    conn.execute("COMMIT")
+                else:
+                    conn.execute("ROLLBACK")
             else:
                 outcomes = []
                 for run, _ in units:
@@ -254,6 +298,7 @@ class SqliteStore:
                     if not outcomes[-1][0]:
                         conn.execute("ROLLBACK TO job")
                     conn.execute("RELEASE job")
+                self._file_under_load(conn)
                 conn.execute("COMMIT")
         except sqlite3.Error as exc:
             if conn.in_transaction:
@@ -264,6 +309,11 @@ class SqliteStore:
                 job.outcome = outcome
                 if outcome[0] and job.append is not None and self._filer is not None:
                     self._filer.committed(job.append.origin, job.append.tree_size, len(job.append.records))
+
+    def _file_under_load(self, conn: sqlite3.Connection) -> None:
+        """While writes keep coming, file inside the durable commit once enough records wait (see ``SearchFiler``)."""
+        if self._filer is not None and self._filer.due_under_load:
+            self._filer.file_within(conn)
 
     # -- submission ------------------------------------------------------------------------------
 

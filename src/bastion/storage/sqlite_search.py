@@ -11,6 +11,7 @@ process wrote them. A search reads ``search_index`` and, past each watermark, ``
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sqlite3
 import time
@@ -21,7 +22,9 @@ FILE_AFTER_QUIET_S = 0.002
 """How long the writer waits with no write queued before it files. Filing at once would hold the
 GIL just as the event loop wakes to release the callers of the commit before."""
 FILE_RECORDS_UNDER_LOAD = 256
-"""Unfiled records at which the writer files between two commits even when writes keep coming."""
+"""Unfiled records at which the writer, when writes keep coming, files inside its next durable
+commit: a transaction of its own would take the write lock once more, and with several
+processes on one file each extra take starves one of them in SQLite's busy sleeps."""
 RETRY_FIRST_S = 0.1
 RETRY_MAX_S = 30.0
 
@@ -42,7 +45,12 @@ ADVANCE_SQL = (
 
 
 class SearchFiler:
-    """What the writer thread has committed but not filed, and the filing itself; writer thread only."""
+    """What the writer thread has committed but not filed, and the filing itself; writer thread only.
+
+    ``conn`` files when writes pause. Apart from the writer's own connection it should not wait
+    for a lock (``busy_timeout`` 0): when another process writes, filing waits for the next pause
+    or rides in a durable commit instead of holding up this process's commits.
+    """
 
     def __init__(self, conn: sqlite3.Connection) -> None:
         self._conn = conn
@@ -82,24 +90,53 @@ class SearchFiler:
         return self._records >= FILE_RECORDS_UNDER_LOAD and time.monotonic() >= self._retry_at
 
     def file(self) -> None:
-        """File everything noted, in one transaction; on failure keep it and back off (searches do not need it)."""
+        """File everything noted in a transaction of its own; on failure keep it (searches do not need it)."""
         if not self._through:
             return
         conn = self._conn
         try:
             conn.execute("BEGIN IMMEDIATE")
-            for origin, through in self._through.items():
-                conn.execute(FILE_SQL, (origin, through))
-                conn.execute(ADVANCE_SQL, (origin, through))
+            self._insert(conn)
             conn.execute("COMMIT")
         except sqlite3.Error as exc:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
-            self._backoff_s = min(RETRY_MAX_S, max(RETRY_FIRST_S, 2 * self._backoff_s))
-            self._retry_at = time.monotonic() + self._backoff_s
-            log.warning("cannot file %d audit records into the search index (searches still find them);"
-                        " next try in %.1f s: %s", self._records, self._backoff_s, exc)
+            if exc.sqlite_errorcode != sqlite3.SQLITE_BUSY:  # busy: another process writes; next pause
+                self._back_off(exc)
             return
+        self._filed()
+
+    def file_within(self, conn: sqlite3.Connection) -> None:
+        """File everything noted inside ``conn``'s open transaction, which commits it (or, failing, undoes
+        it: the watermark then stays where it was, and the next filing covers the same records)."""
+        try:
+            conn.execute("SAVEPOINT filing")
+        except sqlite3.Error as exc:
+            self._back_off(exc)
+            return
+        try:
+            self._insert(conn)
+        except sqlite3.Error as exc:
+            with contextlib.suppress(sqlite3.Error):  # the transaction's own fate is the caller's
+                conn.execute("ROLLBACK TO filing")
+                conn.execute("RELEASE filing")
+            self._back_off(exc)
+            return
+        conn.execute("RELEASE filing")
+        self._filed()
+
+    def _insert(self, conn: sqlite3.Connection) -> None:
+        for origin, through in self._through.items():
+            conn.execute(FILE_SQL, (origin, through))
+            conn.execute(ADVANCE_SQL, (origin, through))
+
+    def _filed(self) -> None:
         self._through.clear()
         self._records = 0
         self._backoff_s = 0.0
+
+    def _back_off(self, exc: sqlite3.Error) -> None:
+        self._backoff_s = min(RETRY_MAX_S, max(RETRY_FIRST_S, 2 * self._backoff_s))
+        self._retry_at = time.monotonic() + self._backoff_s
+        log.warning("cannot file %d audit records into the search index (searches still find them);"
+                    " next try in %.1f s: %s", self._records, self._backoff_s, exc)
