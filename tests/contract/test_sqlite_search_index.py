@@ -14,6 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from tests.contract.backends import opened
 from tests.contract.test_storage import checkpoint_at, checkpoint_batch, make_batch, make_entry
 
 from bastion.audit.compact import Frontier
@@ -67,20 +68,16 @@ async def _seqs(store: AuditStore, **filters: str) -> list[int]:
 
 async def test_the_durable_commit_touches_no_search_index(tmp_path: Path) -> None:
     path = tmp_path / "store.db"
-    store = await open_store(f"sqlite:///{path}")
-    try:
+    async with opened(f"sqlite:///{path}") as store:
         await _append_ten(store)
         await _eventually(lambda: _filed(path) == list(range(10)))
-    finally:
-        await store.aclose()
     assert _created_indexes(path, "records") == set()
     assert _created_indexes(path, "search_index") == SEARCH_INDEXES
 
 
 async def test_search_finds_records_a_crash_left_unfiled_and_reopening_files_them(tmp_path: Path) -> None:
     path = tmp_path / "store.db"
-    store = await open_store(f"sqlite:///{path}")
-    try:
+    async with opened(f"sqlite:///{path}") as store:
         await _append_ten(store)
         await _eventually(lambda: _filed(path) == list(range(10)))
         # What a crash does to filing, which does not wait for the disk: the last filings are gone.
@@ -90,22 +87,16 @@ async def test_search_finds_records_a_crash_left_unfiled_and_reopening_files_the
         assert await _seqs(store, subject="bob") == [9, 7, 5, 3, 1]
         assert await _seqs(store, subject="bob", origin="o1") == [9, 7, 5, 3, 1]
         assert await _seqs(store, subject="carol") == []
-    finally:
-        await store.aclose()
-    reopened = await open_store(f"sqlite:///{path}")
-    try:
+    async with opened(f"sqlite:///{path}") as reopened:
         await _eventually(lambda: _filed(path) == list(range(10)))
         assert await _seqs(reopened, subject="alice") == [8, 6, 4, 2, 0]
-    finally:
-        await reopened.aclose()
 
 
 async def test_records_that_cannot_be_filed_stay_searchable_and_are_filed_in_order_later(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     path = tmp_path / "store.db"
-    store = await open_store(f"sqlite:///{path}")
-    try:
+    async with opened(f"sqlite:///{path}") as store:
         frontier = Frontier()
         await store.append_batch(make_batch(frontier, [make_entry("o1", 0)]))
         await _eventually(lambda: _filed(path) == [0])
@@ -120,14 +111,11 @@ async def test_records_that_cannot_be_filed_stay_searchable_and_are_filed_in_ord
         _query(path, "DROP TRIGGER refuse")
         await store.append_batch(make_batch(frontier, [make_entry("o1", 3)]))
         await _eventually(lambda: _filed(path) == [0, 1, 2, 3], within_s=5)
-    finally:
-        await store.aclose()
 
 
 async def test_pruning_removes_the_pruned_records_from_the_index(tmp_path: Path) -> None:
     path = tmp_path / "store.db"
-    store = await open_store(f"sqlite:///{path}")
-    try:
+    async with opened(f"sqlite:///{path}") as store:
         frontier = Frontier()
         await store.append_batch(make_batch(frontier, [make_entry("o1", seq) for seq in range(5)]))
         await store.append_batch(checkpoint_batch(frontier, checkpoint_at("o1", frontier)))
@@ -136,8 +124,6 @@ async def test_pruning_removes_the_pruned_records_from_the_index(tmp_path: Path)
         await store.prune_entries("o1", 5)
         assert _filed(path) == list(range(5, 10))
         assert await _seqs(store) == list(range(9, 4, -1))
-    finally:
-        await store.aclose()
 
 
 async def test_migration_files_the_records_stored_before_it(tmp_path: Path) -> None:
@@ -160,14 +146,11 @@ async def test_migration_files_the_records_stored_before_it(tmp_path: Path) -> N
         conn.execute("INSERT INTO log_heads VALUES ('o1', 5, x'')")
     finally:
         conn.close()
-    store = await open_store(f"sqlite:///{path}")
-    try:
+    async with opened(f"sqlite:///{path}") as store:
         assert _filed(path) == list(range(5))  # by the migration
         assert _query(path, "SELECT origin, through FROM search_filed") == [("o1", 4)]
         assert await _seqs(store, subject="user-2") == [2]
         assert await _seqs(store, outcome="denied") == [3]
-    finally:
-        await store.aclose()
     assert _created_indexes(path, "records") == set()
 
 
@@ -191,11 +174,8 @@ async def test_records_another_process_left_unfiled_are_filed_with_the_next_ones
 
 async def test_opening_needs_no_write_lock_when_nothing_is_left_to_file(tmp_path: Path) -> None:
     path = tmp_path / "store.db"
-    store = await open_store(f"sqlite:///{path}")
-    try:
+    async with opened(f"sqlite:///{path}") as store:
         await _append_ten(store)
-    finally:
-        await store.aclose()
     writer = sqlite3.connect(path, isolation_level=None)
     try:
         writer.execute("BEGIN IMMEDIATE")  # as a long prune in another process would
@@ -213,8 +193,7 @@ async def test_records_pruned_before_they_were_filed_are_never_filed(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     path = tmp_path / "store.db"
-    store = await open_store(f"sqlite:///{path}")
-    try:
+    async with opened(f"sqlite:///{path}") as store:
         filer = store._filer  # type: ignore[attr-defined]
         file_for_real = filer.file
         monkeypatch.setattr(filer, "file", lambda: None)  # the prune comes before any filing
@@ -227,8 +206,6 @@ async def test_records_pruned_before_they_were_filed_are_never_filed(
         await store.append_batch(make_batch(frontier, [make_entry("o1", 10)]))
         await _eventually(lambda: _filed(path) == list(range(5, 11)))
         assert [e.seq for e in await store.search_entries(RecordQuery(limit=3))] == [10, 9, 8]
-    finally:
-        await store.aclose()
 
 
 async def test_under_steady_writes_filing_rides_in_the_durable_commits(
@@ -236,16 +213,13 @@ async def test_under_steady_writes_filing_rides_in_the_durable_commits(
 ) -> None:
     """Writes that never pause: filing cannot wait for a pause (nor take the write lock once more)."""
     path = tmp_path / "store.db"
-    store = await open_store(f"sqlite:///{path}")
-    try:
+    async with opened(f"sqlite:///{path}") as store:
         monkeypatch.setattr(store._filer, "file", lambda: None)  # type: ignore[attr-defined]  # no pause comes
         frontier = Frontier()
         for start in range(0, 300, 3):
             await store.append_batch(make_batch(frontier, [make_entry("o1", seq) for seq in range(start, start + 3)]))
         assert _filed(path) == list(range(len(_filed(path))))
         assert len(_filed(path)) >= 256
-    finally:
-        await store.aclose()
 
 
 async def test_filing_waits_quietly_while_another_process_holds_the_write_lock(
