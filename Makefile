@@ -34,7 +34,7 @@ test: install peers sdk1 postgres lint
 
 lint: install
 	$(PY) -m ruff check src bench
-	$(PY) -m mypy src
+	$(PY) -m mypy src bench
 
 bench: install peers
 	$(PY) bench/run.py

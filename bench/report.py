@@ -25,11 +25,11 @@ def _f(v: Any, nd: int = 1) -> str:
 
 
 def plot(result: dict[str, Any], out: Path) -> str | None:
-    try:
-        import matplotlib
+    try:  # optional: not a project dependency, so usually absent where mypy runs
+        import matplotlib  # type: ignore[import-not-found, unused-ignore]
 
         matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        import matplotlib.pyplot as plt  # type: ignore[import-not-found, unused-ignore]
     except ImportError:
         return None
     tp = result["summary"]["throughput"]

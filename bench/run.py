@@ -27,6 +27,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -56,7 +57,7 @@ def free_port() -> int:
 
 
 def _children(pid: int) -> list[int]:
-    out = []
+    out: list[int] = []
     with contextlib.suppress(OSError):
         for task in os.listdir(f"/proc/{pid}/task"):
             with contextlib.suppress(OSError), open(f"/proc/{pid}/task/{task}/children") as f:
@@ -255,7 +256,7 @@ async def measure_paths(plan: Plan, paths: dict[str, dict[str, Any]], procs_per_
                                                           procs_per_lg if conc >= 16 else 1)
                     wall = time.perf_counter() - t0
                     cpu = cpu_seconds(p["pid"]) - cpu0 if cpu0 is not None else None
-                    row = {
+                    row: dict[str, Any] = {  # one JSON record of the results file
                         "path": name, "tool": tool, "concurrency": conc, "round": rnd,
                         "calls": res.calls, "errors": res.errors, "error_samples": res.error_samples,
                         "calls_per_s": round(res.calls / res.elapsed_s, 1),
@@ -302,15 +303,23 @@ async def measure_paths(plan: Plan, paths: dict[str, dict[str, Any]], procs_per_
     return throughput, openloop
 
 
-async def measure_memory(counts: list[int], start_gateway: Any, url: str, log: Any) -> list[dict[str, Any]]:
-    """RSS of a fresh gateway holding N idle sessions (initialized, then no traffic)."""
-    rows = []
+async def measure_memory(
+    counts: list[int],
+    start_gateway: Callable[[], Awaitable[tuple[subprocess.Popen[Any], int]]],
+    target: dict[str, Any],
+    log: Callable[[str], None],
+) -> list[dict[str, Any]]:
+    """RSS of a fresh gateway holding N idle sessions (initialized, then no traffic).
+
+    ``target`` is a loadgen session target: ``{"url": ..., "headers": ...}``.
+    """
+    rows: list[dict[str, Any]] = []
     proc, pid = await start_gateway()
     try:
         base = rss_bytes(pid)
         held: list[Any] = []
         for n in counts:
-            held += await loadgen.open_sessions({"url": url["url"], "headers": url.get("headers")}, n - len(held), parallel=32)
+            held += await loadgen.open_sessions({"url": target["url"], "headers": target.get("headers")}, n - len(held), parallel=32)
             await asyncio.sleep(1.0)
             rss = rss_bytes(pid)
             rows.append({"idle_sessions": n, "rss_bytes": rss, "baseline_rss_bytes": base})
@@ -326,7 +335,7 @@ async def measure_memory(counts: list[int], start_gateway: Any, url: str, log: A
     return rows
 
 
-async def proc_stop(proc: Any) -> None:
+async def proc_stop(proc: subprocess.Popen[Any]) -> None:
     await asyncio.get_running_loop().run_in_executor(None, PROCS.stop, proc)
 
 

@@ -113,6 +113,7 @@ class _HttpProtocol(asyncio.Protocol):
         self.buf = b""
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # typeshed types the argument BaseTransport; a stream server always passes a Transport.
         self.transport = transport  # type: ignore[assignment]
 
     def data_received(self, data: bytes) -> None:

@@ -44,7 +44,10 @@ def occurrences(text: str, value: str) -> list[tuple[int, int]]:
 def main() -> int:
     masker = MaskingEngine(MaskingSettings()).masker(["all"])
     scanner = Scanner(masker.detectors)
-    tp, fp, found, total = Counter(), Counter(), Counter(), Counter()
+    tp: Counter[str] = Counter()  # hits overlapping a labelled value, per detector
+    fp: Counter[str] = Counter()  # hits overlapping none, per detector
+    found: Counter[str] = Counter()  # labelled values entirely covered by hits, per kind
+    total: Counter[str] = Counter()  # labelled values, per kind
     e2e_leaks, negatives_lost, negatives_total = 0, 0, 0
     for line in CORPUS.open():
         doc = json.loads(line)
@@ -63,7 +66,7 @@ def main() -> int:
                         print("FP", hit.detector.name, repr(text[max(0, hit.start - 20) : hit.end + 20]))
             for kind, (s, e) in spans:
                 total[kind] += 1
-                covered = set()
+                covered: set[int] = set()
                 for hit in hits:
                     covered.update(range(max(s, hit.start), min(e, hit.end)))
                 if len(covered) == e - s:
@@ -77,10 +80,10 @@ def main() -> int:
         negatives_lost += sum(1 for v in doc["negatives"] if v not in rendered)
     print(f"{'detector':24s} {'precision':>9s} {'recall':>7s} {'positives':>9s} {'hits':>6s}")
     for name in sorted(set(total) | set(tp) | set(fp)):
-        hits = tp[name] + fp[name]
-        prec = tp[name] / hits if hits else float("nan")
+        hit_count = tp[name] + fp[name]
+        prec = tp[name] / hit_count if hit_count else float("nan")
         rec = found[name] / total[name] if total[name] else float("nan")
-        print(f"{name:24s} {prec:9.3f} {rec:7.3f} {total[name]:9d} {hits:6d}")
+        print(f"{name:24s} {prec:9.3f} {rec:7.3f} {total[name]:9d} {hit_count:6d}")
     all_hits = sum(tp.values()) + sum(fp.values())
     precision = sum(tp.values()) / all_hits
     recall = sum(found.values()) / sum(total.values())

@@ -11,6 +11,7 @@ import base64
 import json
 import random
 import string
+from collections.abc import Callable
 from pathlib import Path
 
 import phonenumbers
@@ -45,6 +46,7 @@ def phone() -> str:
     while True:
         region = R.choice(["US", "GB", "DE", "FR", "IN", "BR", "JP", "AU", "ES", "NL"])
         ex = phonenumbers.example_number_for_type(region, phonenumbers.PhoneNumberType.MOBILE)
+        assert ex is not None, f"phonenumbers has no example mobile number for {region}"
         national = str(ex.national_number)
         ex.national_number = int(national[:3] + rand(string.digits, len(national) - 3))
         if phonenumbers.is_valid_number(ex):
@@ -158,7 +160,7 @@ def order_number() -> str:
             return v
 
 
-NEGATIVES = {
+NEGATIVES: dict[str, Callable[[], str]] = {
     "order": order_number,
     "uuid": lambda: "-".join(f"{R.getrandbits(4 * n):0{n}x}" for n in (8, 4, 4, 4, 12)),
     "sha": lambda: f"{R.getrandbits(160):040x}",
@@ -264,7 +266,9 @@ def doc_json(pos: list[tuple[str, str]], neg: list[str]) -> dict[str, object]:
     return {"status": "ok", "request_id": NEGATIVES["uuid"](), "items": items, "page": {"next": None, "size": len(items)}}
 
 
-KINDS = {"free_text": doc_free_text, "log": doc_log, "email": doc_email, "sql": doc_sql, "json": doc_json}
+# A document kind: (positives, negatives) -> payload; may append the positives it adds itself.
+DocMaker = Callable[[list[tuple[str, str]], list[str]], str | dict[str, object]]
+KINDS: dict[str, DocMaker] = {"free_text": doc_free_text, "log": doc_log, "email": doc_email, "sql": doc_sql, "json": doc_json}
 
 
 def main() -> None:

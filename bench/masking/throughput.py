@@ -59,14 +59,15 @@ def rate(masker: Masker, values: list[Any], rounds: int = 5) -> tuple[float, flo
     return size / best / 1e6, size / best_rt / 1e6
 
 
-def latency_2kb(masker: Masker, result: dict[str, Any], n: int = 2000) -> float:
-    samples = []
+def latency_2kb(masker: Masker, result: dict[str, Any], n: int = 2000) -> tuple[float, float]:
+    """p50 and p99 of ``mask_tool_result`` on ``result``, in milliseconds."""
+    samples: list[int] = []
     for _ in range(n):
         t = time.perf_counter_ns()
         mask_tool_result(masker, result)
         samples.append(time.perf_counter_ns() - t)
     samples.sort()
-    return samples[len(samples) // 2] / 1e6, samples[int(len(samples) * 0.99)] / 1e6  # type: ignore[return-value]
+    return samples[len(samples) // 2] / 1e6, samples[int(len(samples) * 0.99)] / 1e6
 
 
 def sized_result(records: list[dict[str, Any]], target: int = 2048) -> dict[str, Any]:
@@ -101,7 +102,7 @@ def main() -> None:
     dirty = [dict(r, contact=f"{r['name'].split()[0]}.x@example.com") for r in records]
     dirty_2k = sized_result(dirty, 1024)
     for name, result in (("2 KB tool result, clean", clean_2k), ("2 KB tool result, 3+ e-mails", dirty_2k)):
-        p50, p99 = latency_2kb(masker, result)  # type: ignore[misc]
+        p50, p99 = latency_2kb(masker, result)
         print(f"{name:30s} {len(orjson.dumps(result))} bytes  p50 {p50:.3f} ms  p99 {p99:.3f} ms")
 
 
