@@ -20,6 +20,7 @@ from tests.contract.test_storage import checkpoint_at, checkpoint_batch, make_ba
 from bastion.audit.compact import Frontier
 from bastion.storage import AuditStore, RecordQuery, open_store
 from bastion.storage.migrate import SCHEMA_MIGRATIONS_SQL, load_migrations
+from bastion.storage.sqlite_search import SearchFiler, is_busy
 
 pytestmark = pytest.mark.anyio
 
@@ -244,3 +245,45 @@ async def test_filing_waits_quietly_while_another_process_holds_the_write_lock(
     finally:
         other.close()
         await store.aclose()
+
+
+async def test_filing_inside_a_commit_is_forgotten_only_once_that_commit_is_through(tmp_path: Path) -> None:
+    path = tmp_path / "store.db"
+    async with opened(f"sqlite:///{path}") as store:
+        await _append_ten(store)
+    conn = sqlite3.connect(path, isolation_level=None)
+    try:
+        conn.execute("UPDATE search_filed SET through = 4")
+        conn.execute("DELETE FROM search_index WHERE seq > 4")
+        filer = SearchFiler(conn)
+        filer.find_unfiled()
+        conn.execute("BEGIN IMMEDIATE")
+        assert filer.file_within(conn)
+        conn.execute("ROLLBACK")  # the durable commit failed: the filing went with it
+        assert filer.wait_s() is not None  # still noted
+        filer.file()
+        assert _filed(path) == list(range(10))
+        assert filer.wait_s() is None
+    finally:
+        conn.close()
+
+
+async def test_rows_filed_past_a_watermark_are_found_once(tmp_path: Path) -> None:
+    """What a filing that failed and could not be undone leaves: index rows past the watermark."""
+    path = tmp_path / "store.db"
+    async with opened(f"sqlite:///{path}") as store:
+        await _append_ten(store)
+        await _eventually(lambda: _filed(path) == list(range(10)))
+        _query(path, "UPDATE search_filed SET through = 4")
+        assert await _seqs(store) == list(range(9, -1, -1))
+        assert await _seqs(store, subject="bob") == [9, 7, 5, 3, 1]
+
+
+def test_busy_is_recognised_in_every_extended_code_and_nothing_else() -> None:
+    busy_recovery = sqlite3.OperationalError("database is locked")
+    busy_recovery.sqlite_errorcode = sqlite3.SQLITE_BUSY | (1 << 8)  # type: ignore[attr-defined]
+    full = sqlite3.OperationalError("database or disk is full")
+    full.sqlite_errorcode = sqlite3.SQLITE_FULL  # type: ignore[attr-defined]
+    assert is_busy(busy_recovery)
+    assert not is_busy(full)
+    assert not is_busy(sqlite3.ProgrammingError("raised by the module itself, no code"))

@@ -396,6 +396,30 @@ async def test_several_openers_of_one_new_sqlite_file_all_succeed(tmp_path: Path
                 await store.aclose()
 
 
+def test_migration_files_are_split_into_every_statement_they_hold() -> None:
+    from bastion.storage.sqlite import _statements
+
+    script = (
+        "-- a comment; with a semicolon\n"
+        "CREATE TABLE a (x TEXT DEFAULT 'one;two');\n"
+        "CREATE TRIGGER t AFTER INSERT ON a BEGIN SELECT 1; SELECT 2; END;\n"
+        "-- only a comment\n;\n"
+        "CREATE TABLE b (y) -- the last one, without its semicolon"
+    )
+    statements = [s.strip() for s in _statements(script)]
+    assert len(statements) == 3
+    assert statements[0].endswith("CREATE TABLE a (x TEXT DEFAULT 'one;two');")
+    assert statements[1] == "CREATE TRIGGER t AFTER INSERT ON a BEGIN SELECT 1; SELECT 2; END;"
+    assert statements[2].startswith("CREATE TABLE b (y)")
+    conn = sqlite3.connect(":memory:")
+    try:
+        for statement in _statements(script):
+            conn.execute(statement)
+        assert {row[0] for row in conn.execute("SELECT name FROM sqlite_master")} == {"a", "b", "t"}
+    finally:
+        conn.close()
+
+
 async def test_calls_fail_with_storage_error_when_the_store_is_closed(store_url: str) -> None:
     closed = await open_store(store_url)
     await closed.aclose()

@@ -220,7 +220,9 @@ def search_filed_sql(query: RecordQuery) -> tuple[str, list[Any]]:
     )
     columns = ", ".join(f"r.{column}" for column in ENTRY_COLUMNS.split(", "))
     sql = (
-        f"SELECT {columns} FROM (SELECT * FROM ({filed}) UNION ALL SELECT * FROM ({unfiled})) AS m"
+        # UNION, not UNION ALL: the parts never overlap, unless a failed filing could not be undone
+        # (storage/sqlite_search.py); deduplicating at most twice the limit costs nothing.
+        f"SELECT {columns} FROM (SELECT * FROM ({filed}) UNION SELECT * FROM ({unfiled})) AS m"
         f" JOIN records AS r ON r.origin = m.origin AND r.seq = m.seq ORDER BY m.{order.format('m.')} LIMIT {limit}"
     )
     return sql, params

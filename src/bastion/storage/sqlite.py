@@ -34,7 +34,7 @@ from bastion.storage.migrate import SCHEMA_MIGRATIONS_SQL, pending_migrations
 from bastion.storage.sqlite_approvals import SqliteApprovalStore
 from bastion.storage.sqlite_keys import SqliteApiKeyStore
 from bastion.storage.sqlite_pins import SqliteToolPinStore
-from bastion.storage.sqlite_search import SearchFiler
+from bastion.storage.sqlite_search import SearchFiler, is_busy
 from bastion.storage.sqlite_timestamps import SqliteCheckpointTimestampStore
 
 T = TypeVar("T")
@@ -121,7 +121,7 @@ def _use_wal(conn: sqlite3.Connection) -> None:
         try:
             mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
         except sqlite3.OperationalError as exc:
-            if exc.sqlite_errorcode != sqlite3.SQLITE_BUSY or time.monotonic() > deadline:
+            if not is_busy(exc) or time.monotonic() > deadline:
                 raise
         else:
             if mode == "wal":
@@ -159,9 +159,15 @@ def _statements(script: str) -> Iterator[str]:
     for piece in script.split(";"):
         pending += piece + ";"
         if sqlite3.complete_statement(pending):  # a ";" inside a comment or a string does not end one
-            if any(line.strip() and not line.strip().startswith("--") for line in pending.rstrip(";").splitlines()):
+            if _has_sql(pending):
                 yield pending
             pending = ""
+    if _has_sql(pending):  # a last statement without ";" (or one left open): SQLite runs or refuses it
+        yield pending[:-1]
+
+
+def _has_sql(text: str) -> bool:
+    return any(line.strip() and not line.strip().startswith("--") for line in text.rstrip(";").splitlines())
 
 
 class SqliteStore:
@@ -278,6 +284,7 @@ class SqliteStore:
 
     def _commit_group(self, conn: sqlite3.Connection, writes: list[_Job]) -> None:
         units = _units(writes)
+        filed = False
         try:
             conn.execute("BEGIN IMMEDIATE")
             if len(units) == 1:
@@ -285,7 +292,7 @@ class SqliteStore:
                 # for the GIL while the event loop thread is busy.
                 outcomes = [_attempt(units[0][0], conn)]
                 if outcomes[0][0]:
-                    self._file_under_load(conn)
+                    filed = self._file_under_load(conn)
                     conn.execute("COMMIT")
                 else:
                     conn.execute("ROLLBACK")
@@ -298,22 +305,25 @@ class SqliteStore:
                     if not outcomes[-1][0]:
                         conn.execute("ROLLBACK TO job")
                     conn.execute("RELEASE job")
-                self._file_under_load(conn)
+                filed = self._file_under_load(conn)
                 conn.execute("COMMIT")
         except sqlite3.Error as exc:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
             outcomes = [(False, _translate(exc, "SQLite commit failed"))] * len(units)
+        else:
+            if filed and self._filer is not None:
+                self._filer.filed()
         for (_, jobs), outcome in zip(units, outcomes, strict=True):
             for job in jobs:
                 job.outcome = outcome
                 if outcome[0] and job.append is not None and self._filer is not None:
                     self._filer.committed(job.append.origin, job.append.tree_size, len(job.append.records))
 
-    def _file_under_load(self, conn: sqlite3.Connection) -> None:
-        """While writes keep coming, file inside the durable commit once enough records wait (see ``SearchFiler``)."""
-        if self._filer is not None and self._filer.due_under_load:
-            self._filer.file_within(conn)
+    def _file_under_load(self, conn: sqlite3.Connection) -> bool:
+        """While writes keep coming, file inside the durable commit once enough records wait (see
+        ``SearchFiler``); True if it did, to be confirmed once the commit is through."""
+        return self._filer is not None and self._filer.due_under_load and self._filer.file_within(conn)
 
     # -- submission ------------------------------------------------------------------------------
 

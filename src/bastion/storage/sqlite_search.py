@@ -44,6 +44,11 @@ ADVANCE_SQL = (
 )
 
 
+def is_busy(exc: sqlite3.Error) -> bool:
+    """Whether ``exc`` is SQLite's "database is busy" (any of its extended codes)."""
+    return getattr(exc, "sqlite_errorcode", 0) & 0xFF == sqlite3.SQLITE_BUSY
+
+
 class SearchFiler:
     """What the writer thread has committed but not filed, and the filing itself; writer thread only.
 
@@ -101,36 +106,45 @@ class SearchFiler:
         except sqlite3.Error as exc:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
-            if exc.sqlite_errorcode != sqlite3.SQLITE_BUSY:  # busy: another process writes; next pause
+            if not is_busy(exc):  # busy: another process is writing; the next pause tries again
                 self._back_off(exc)
             return
-        self._filed()
+        self.filed()
 
-    def file_within(self, conn: sqlite3.Connection) -> None:
-        """File everything noted inside ``conn``'s open transaction, which commits it (or, failing, undoes
-        it: the watermark then stays where it was, and the next filing covers the same records)."""
+    def file_within(self, conn: sqlite3.Connection) -> bool:
+        """File everything noted inside ``conn``'s open transaction; True if it did.
+
+        Call ``filed`` once that transaction has committed: until then the notes stay (a failed
+        commit undoes the filing, and the watermark with it). A filing failure leaves the
+        transaction as it was, so the records it holds still commit.
+
+        Raises:
+            sqlite3.Error: the failure ended the whole transaction (SQLite does on some I/O and
+                memory errors); the caller's commit has failed.
+        """
         try:
             conn.execute("SAVEPOINT filing")
-        except sqlite3.Error as exc:
-            self._back_off(exc)
-            return
-        try:
             self._insert(conn)
+            conn.execute("RELEASE filing")
         except sqlite3.Error as exc:
-            with contextlib.suppress(sqlite3.Error):  # the transaction's own fate is the caller's
+            if not conn.in_transaction:
+                raise
+            # Should undoing fail too, rows past a watermark would commit; searches merge the two
+            # parts with UNION, and the next filing (OR IGNORE) moves the watermark over them.
+            with contextlib.suppress(sqlite3.Error):
                 conn.execute("ROLLBACK TO filing")
                 conn.execute("RELEASE filing")
             self._back_off(exc)
-            return
-        conn.execute("RELEASE filing")
-        self._filed()
+            return False
+        return True
 
     def _insert(self, conn: sqlite3.Connection) -> None:
         for origin, through in self._through.items():
             conn.execute(FILE_SQL, (origin, through))
             conn.execute(ADVANCE_SQL, (origin, through))
 
-    def _filed(self) -> None:
+    def filed(self) -> None:
+        """Forget the notes: everything in them is filed (``file_within``'s transaction committed)."""
         self._through.clear()
         self._records = 0
         self._backoff_s = 0.0
