@@ -8,9 +8,10 @@ process, or was stored before the migration.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import sqlite3
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import pytest
@@ -18,7 +19,7 @@ from tests.contract.backends import opened
 from tests.contract.test_storage import checkpoint_at, checkpoint_batch, make_batch, make_entry
 
 from bastion.audit.compact import Frontier
-from bastion.storage import AuditStore, RecordQuery, open_store
+from bastion.storage import AuditStore, RecordQuery, Store, open_store
 from bastion.storage.migrate import SCHEMA_MIGRATIONS_SQL, load_migrations
 from bastion.storage.sqlite_search import SearchFiler, is_busy
 
@@ -63,24 +64,34 @@ async def _append_ten(store: AuditStore) -> Frontier:
     return frontier
 
 
+@contextlib.asynccontextmanager
+async def _ten_filed(tmp_path: Path) -> AsyncIterator[tuple[Store, Path]]:
+    """An open store holding ``_append_ten``'s records, all filed, and its file."""
+    path = tmp_path / "store.db"
+    async with opened(f"sqlite:///{path}") as store:
+        await _append_ten(store)
+        await _eventually(lambda: _filed(path) == list(range(10)))
+        yield store, path
+
+
+async def _ten_stored(tmp_path: Path) -> Path:
+    """A closed store file holding ``_append_ten``'s records, all filed."""
+    async with _ten_filed(tmp_path) as (_, path):
+        return path
+
+
 async def _seqs(store: AuditStore, **filters: str) -> list[int]:
     return [e.seq for e in await store.search_entries(RecordQuery(**filters))]  # type: ignore[arg-type]
 
 
 async def test_the_durable_commit_touches_no_search_index(tmp_path: Path) -> None:
-    path = tmp_path / "store.db"
-    async with opened(f"sqlite:///{path}") as store:
-        await _append_ten(store)
-        await _eventually(lambda: _filed(path) == list(range(10)))
+    path = await _ten_stored(tmp_path)
     assert _created_indexes(path, "records") == set()
     assert _created_indexes(path, "search_index") == SEARCH_INDEXES
 
 
 async def test_search_finds_records_a_crash_left_unfiled_and_reopening_files_them(tmp_path: Path) -> None:
-    path = tmp_path / "store.db"
-    async with opened(f"sqlite:///{path}") as store:
-        await _append_ten(store)
-        await _eventually(lambda: _filed(path) == list(range(10)))
+    async with _ten_filed(tmp_path) as (store, path):
         # What a crash does to filing, which does not wait for the disk: the last filings are gone.
         _query(path, "DELETE FROM search_index WHERE seq >= 6")
         _query(path, "UPDATE search_filed SET through = 5")
@@ -174,20 +185,15 @@ async def test_records_another_process_left_unfiled_are_filed_with_the_next_ones
 
 
 async def test_opening_needs_no_write_lock_when_nothing_is_left_to_file(tmp_path: Path) -> None:
-    path = tmp_path / "store.db"
-    async with opened(f"sqlite:///{path}") as store:
-        await _append_ten(store)
-    writer = sqlite3.connect(path, isolation_level=None)
-    try:
+    path = await _ten_stored(tmp_path)
+    with contextlib.closing(sqlite3.connect(path, isolation_level=None)) as writer:
         writer.execute("BEGIN IMMEDIATE")  # as a long prune in another process would
         reader = await asyncio.wait_for(open_store(f"sqlite:///{path}"), 2)
         try:
             assert await _seqs(reader, subject="alice") == [8, 6, 4, 2, 0]
         finally:
             await reader.aclose()
-    finally:
         writer.execute("ROLLBACK")
-        writer.close()
 
 
 async def test_records_pruned_before_they_were_filed_are_never_filed(
@@ -248,11 +254,8 @@ async def test_filing_waits_quietly_while_another_process_holds_the_write_lock(
 
 
 async def test_filing_inside_a_commit_is_forgotten_only_once_that_commit_is_through(tmp_path: Path) -> None:
-    path = tmp_path / "store.db"
-    async with opened(f"sqlite:///{path}") as store:
-        await _append_ten(store)
-    conn = sqlite3.connect(path, isolation_level=None)
-    try:
+    path = await _ten_stored(tmp_path)
+    with contextlib.closing(sqlite3.connect(path, isolation_level=None)) as conn:
         conn.execute("UPDATE search_filed SET through = 4")
         conn.execute("DELETE FROM search_index WHERE seq > 4")
         filer = SearchFiler(conn)
@@ -264,16 +267,11 @@ async def test_filing_inside_a_commit_is_forgotten_only_once_that_commit_is_thro
         filer.file()
         assert _filed(path) == list(range(10))
         assert filer.wait_s() is None
-    finally:
-        conn.close()
 
 
 async def test_rows_filed_past_a_watermark_are_found_once(tmp_path: Path) -> None:
     """What a filing that failed and could not be undone leaves: index rows past the watermark."""
-    path = tmp_path / "store.db"
-    async with opened(f"sqlite:///{path}") as store:
-        await _append_ten(store)
-        await _eventually(lambda: _filed(path) == list(range(10)))
+    async with _ten_filed(tmp_path) as (store, path):
         _query(path, "UPDATE search_filed SET through = 4")
         assert await _seqs(store) == list(range(9, -1, -1))
         assert await _seqs(store, subject="bob") == [9, 7, 5, 3, 1]
@@ -281,9 +279,9 @@ async def test_rows_filed_past_a_watermark_are_found_once(tmp_path: Path) -> Non
 
 def test_busy_is_recognised_in_every_extended_code_and_nothing_else() -> None:
     busy_recovery = sqlite3.OperationalError("database is locked")
-    busy_recovery.sqlite_errorcode = sqlite3.SQLITE_BUSY | (1 << 8)  # type: ignore[attr-defined]
+    busy_recovery.sqlite_errorcode = sqlite3.SQLITE_BUSY | (1 << 8)
     full = sqlite3.OperationalError("database or disk is full")
-    full.sqlite_errorcode = sqlite3.SQLITE_FULL  # type: ignore[attr-defined]
+    full.sqlite_errorcode = sqlite3.SQLITE_FULL
     assert is_busy(busy_recovery)
     assert not is_busy(full)
     assert not is_busy(sqlite3.ProgrammingError("raised by the module itself, no code"))
