@@ -19,6 +19,7 @@ from bastion.errors import ConfigError, HeadConflictError, StorageError
 from bastion.storage import _sql
 from bastion.storage import AppendBatch, AuditStore, LogHead, RecordQuery, open_store
 from bastion.storage.base import SearchColumns
+from bastion.storage.sqlite_setup import migration_statements
 
 pytestmark = pytest.mark.anyio
 
@@ -397,8 +398,6 @@ async def test_several_openers_of_one_new_sqlite_file_all_succeed(tmp_path: Path
 
 
 def test_migration_files_are_split_into_every_statement_they_hold() -> None:
-    from bastion.storage.sqlite import _statements
-
     script = (
         "-- a comment; with a semicolon\n"
         "CREATE TABLE a (x TEXT DEFAULT 'one;two');\n"
@@ -406,14 +405,14 @@ def test_migration_files_are_split_into_every_statement_they_hold() -> None:
         "-- only a comment\n;\n"
         "CREATE TABLE b (y) -- the last one, without its semicolon"
     )
-    statements = [s.strip() for s in _statements(script)]
+    statements = [s.strip() for s in migration_statements(script)]
     assert len(statements) == 3
     assert statements[0].endswith("CREATE TABLE a (x TEXT DEFAULT 'one;two');")
     assert statements[1] == "CREATE TRIGGER t AFTER INSERT ON a BEGIN SELECT 1; SELECT 2; END;"
     assert statements[2].startswith("CREATE TABLE b (y)")
     conn = sqlite3.connect(":memory:")
     try:
-        for statement in _statements(script):
+        for statement in migration_statements(script):
             conn.execute(statement)
         assert {row[0] for row in conn.execute("SELECT name FROM sqlite_master")} == {"a", "b", "t"}
     finally:

@@ -18,11 +18,9 @@ import logging
 import queue
 import sqlite3
 import threading
-import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from functools import cached_property
 from typing import Any, TypeVar
 
@@ -30,11 +28,11 @@ from bastion.audit.entry import LogEntry, StoredCheckpoint
 from bastion.errors import StorageError
 from bastion.storage import _sql
 from bastion.storage.base import AppendBatch, LogHead, RecordQuery, iterate_pages, unpack_frontier
-from bastion.storage.migrate import SCHEMA_MIGRATIONS_SQL, pending_migrations
 from bastion.storage.sqlite_approvals import SqliteApprovalStore
 from bastion.storage.sqlite_keys import SqliteApiKeyStore
 from bastion.storage.sqlite_pins import SqliteToolPinStore
-from bastion.storage.sqlite_search import SearchFiler, is_busy
+from bastion.storage.sqlite_search import SearchFiler
+from bastion.storage.sqlite_setup import migrate, use_wal
 from bastion.storage.sqlite_timestamps import SqliteCheckpointTimestampStore
 
 T = TypeVar("T")
@@ -110,66 +108,6 @@ def _units(writes: list[_Job]) -> list[tuple[Callable[[sqlite3.Connection], Any]
     return units
 
 
-def _use_wal(conn: sqlite3.Connection) -> None:
-    """Put the database in WAL mode (a setting of the file, kept once set).
-
-    Switching a new file takes an exclusive lock and does not wait for one: when several
-    processes open the same new file at once, all but one are refused for a moment.
-    """
-    deadline = time.monotonic() + BUSY_TIMEOUT_S
-    while True:
-        try:
-            mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
-        except sqlite3.OperationalError as exc:
-            if not is_busy(exc) or time.monotonic() > deadline:
-                raise
-        else:
-            if mode == "wal":
-                return
-            if time.monotonic() > deadline:
-                raise sqlite3.OperationalError(f"journal mode stays {mode!r}, not WAL")
-        time.sleep(0.01)
-
-
-def _migrate(conn: sqlite3.Connection) -> None:
-    conn.execute(SCHEMA_MIGRATIONS_SQL)
-    applied = {row[0] for row in conn.execute("SELECT version FROM schema_migrations")}
-    for migration in pending_migrations("sqlite", applied):
-        try:
-            conn.execute("BEGIN IMMEDIATE")
-            # Asked again under the lock: another process opening the same new file may have
-            # applied it while this one waited.
-            if conn.execute("SELECT 1 FROM schema_migrations WHERE version = ?", (migration.version,)).fetchone() is None:
-                for statement in _statements(migration.sql):
-                    conn.execute(statement)
-                conn.execute(
-                    "INSERT INTO schema_migrations VALUES (?, ?, ?)",
-                    (migration.version, migration.name, datetime.now(UTC).isoformat()),
-                )
-            conn.execute("COMMIT")
-        except sqlite3.Error:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            raise
-
-
-def _statements(script: str) -> Iterator[str]:
-    """The statements of a migration file, one by one (``executescript`` would commit the transaction first)."""
-    pending = ""
-    for piece in script.split(";"):
-        pending += piece + ";"
-        if sqlite3.complete_statement(pending):  # a ";" inside a comment or a string does not end one
-            if _has_sql(pending):
-                yield pending
-            pending = ""
-    if _has_sql(pending):  # a last statement without ";" (or one left open): SQLite runs or refuses it
-        yield pending[:-1]
-
-
-def _has_sql(text: str) -> bool:
-    return any(line.strip() and not line.strip().startswith("--") for line in text.rstrip(";").splitlines())
-
-
 class SqliteStore:
     """``AuditStore`` over one SQLite file (or ``:memory:`` for tests); create with ``await SqliteStore.open(path)``."""
 
@@ -219,9 +157,9 @@ class SqliteStore:
             conn = _connect(self._path)
             opened.append(conn)
             if self._path != MEMORY:
-                _use_wal(conn)
+                use_wal(conn, BUSY_TIMEOUT_S)
             conn.execute("PRAGMA synchronous = FULL")
-            _migrate(conn)
+            migrate(conn)
             if self._path == MEMORY:
                 filing = conn  # nothing reaches a disk; a second connection would see another database
             else:
