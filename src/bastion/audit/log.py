@@ -362,13 +362,21 @@ class AuditLog:
             self._space.set()
 
     def _take_batch(self) -> tuple[list[_Staged], Frontier]:
-        """Unstage the next batch (at most ``max_batch_records``) and the frontier at its end."""
-        if len(self._staged) <= self._max_batch:
+        """Unstage the next batch and the frontier at its end.
+
+        A batch holds at most ``max_batch_records`` and never runs past the size at which the next
+        checkpoint is due, so that no more than ``every_records`` records ever lie between two
+        checkpoints (a verifier holds the log to that).
+        """
+        start = self._in_flight[-1].frontier if self._in_flight else self._frontier
+        due_at = max(self._checkpoint_asked, 0) + self._policy.every_records
+        limit = min(self._max_batch, max(1, due_at - start.size))
+        if len(self._staged) <= limit:
             batch, self._staged = self._staged, []
             frontier = self._staged_frontier.copy()
         else:
-            batch, self._staged = self._staged[: self._max_batch], self._staged[self._max_batch :]
-            frontier = (self._in_flight[-1].frontier if self._in_flight else self._frontier).copy()
+            batch, self._staged = self._staged[:limit], self._staged[limit:]
+            frontier = start.copy()
             for item in batch:
                 frontier.append(item.entry.leaf_hash)
         self._returned = max(0, self._returned - len(batch))

@@ -164,6 +164,17 @@ async def test_checkpoint_signs_the_stored_root_when_every_records_is_reached(st
     assert (await store.fetch_latest_checkpoint(ORIGIN)).tree_size == 12  # type: ignore[union-attr]
 
 
+async def test_a_burst_never_leaves_more_than_every_records_between_checkpoints(store: FlakyStore, key: SigningKey) -> None:
+    # 100 appends staged in one turn would make one batch; each checkpoint must still land on time.
+    log = make_log(store, key, checkpoints=CheckpointPolicy(every_records=7, every_s=3600, heartbeat_s=3600))
+    await log.start()
+    await asyncio.gather(*(log.append(event(i)) for i in range(100)))
+    await log.aclose()
+    sizes = [c.tree_size for c in await store.fetch_checkpoints(ORIGIN)]
+    assert sizes[-1] == 100
+    assert max(b - a for a, b in zip([0, *sizes], sizes, strict=False)) <= 7
+
+
 async def test_seq_and_root_continue_when_the_log_restarts(store: FlakyStore, key: SigningKey) -> None:
     first = make_log(store, key)
     await first.start()
