@@ -12,6 +12,7 @@ import secrets
 import time
 
 from bastion.config import Settings
+from bastion.errors import StorageError
 from bastion.exchange import CallerContext, Reply
 from bastion.jsonrpc.envelope import Message
 from bastion.pipeline.runner import Pipeline
@@ -55,12 +56,30 @@ class Gateway:
     async def record_unrouted(self, caller: CallerContext, message: Message, reply: Reply) -> None:
         await self.recorder.unrouted(caller, message, reply)
 
-    async def close_session(self, session_id: str) -> bool:
+    async def discard_session(self, session_id: str) -> None:
+        """End a session whose opening could not be recorded: no close is recorded either."""
         session = self.sessions.pop(session_id, None)
+        if session is not None:
+            await session.close()
+
+    async def close_session(self, session_id: str, *, unrecorded: bool = False) -> bool:
+        """End a session, its session_closed record first: a session the log cannot record as
+        closed stays open (the client may retry) unless ``unrecorded`` (shutdown) says close it anyway.
+
+        Raises:
+            StorageError: the record failed and the session is still open.
+        """
+        session = self.sessions.pop(session_id, None)  # taken out first: a concurrent close finds nothing
         if session is None:
             return False
+        try:
+            await self.recorder.session(session.caller, opened=False)
+        except StorageError:
+            if not unrecorded:
+                self.sessions[session_id] = session
+                raise
+            log.error("session %s closed at shutdown without its session_closed record", session_id)
         await session.close()
-        await self.recorder.session(session.caller, opened=False)
         return True
 
     async def start(self) -> None:
@@ -74,7 +93,10 @@ class Gateway:
             for session_id, session in list(self.sessions.items()):
                 if session.last_used < cutoff and not any(s.attached for s in session.streams.values()):
                     log.info("closing idle session", extra={"session": session_id})
-                    await self.close_session(session_id)
+                    try:
+                        await self.close_session(session_id)
+                    except StorageError:  # kept open; the next round tries again
+                        log.warning("idle session %s not closed: its close cannot be recorded", session_id)
 
     def begin_shutdown(self) -> None:
         """Stop taking new sessions and end GET streams; in-flight calls go on to completion."""
@@ -87,5 +109,5 @@ class Gateway:
             self._reaper.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._reaper
-        await asyncio.gather(*(self.close_session(sid) for sid in list(self.sessions)), return_exceptions=True)
+        await asyncio.gather(*(self.close_session(sid, unrecorded=True) for sid in list(self.sessions)), return_exceptions=True)
         await self.upstreams.aclose()

@@ -128,8 +128,8 @@ class DownstreamSession:
         if request_id in self._inflight:
             # JSON-RPC ids must be unique among a peer's outstanding requests; a reused one would
             # make the two replies indistinguishable, so the second request is refused.
-            stream.push(render_reply(request_id, {"error": {"code": codes.INVALID_REQUEST,
-                                                             "message": "Invalid Request: id already in use"}}))
+            refusal: Reply = {"error": {"code": codes.INVALID_REQUEST, "message": "Invalid Request: id already in use"}}
+            self.spawn(self._refuse(message, stream, refusal))
             return
         meta = (message.get("params") or {}).get("_meta") or {}
         token = meta.get("progressToken") if isinstance(meta, dict) else None
@@ -144,14 +144,8 @@ class DownstreamSession:
         try:
             reply = await self.endpoint.handle_request(self, message)
         except Exception as exc:
-            # Refused before reaching an upstream (unknown federated name, no live upstream):
-            # still answered precisely, and still recorded — or, if it cannot be recorded,
-            # answered with the audit failure (never left without a reply).
-            reply = error_reply(exc)
-            try:
-                await self.gateway.record_unrouted(self.caller, message, reply)
-            except Exception as record_exc:  # the record failed: answer with that failure, never not at all
-                reply = error_reply(record_exc)
+            # Refused before reaching an upstream (unknown federated name, no live upstream).
+            reply = await self._recorded_refusal(message, error_reply(exc))
         except asyncio.CancelledError:
             stream.settle(request_id)  # MCP: no response to a cancelled request
             raise
@@ -160,6 +154,18 @@ class DownstreamSession:
             if entry is not None and entry.progress_token is not None:
                 self._by_token.pop(entry.progress_token, None)
         stream.push(render_reply(request_id, reply))
+
+    async def _refuse(self, message: Message, stream: ReplyStream, refusal: Reply) -> None:
+        stream.push(render_reply(message["id"], await self._recorded_refusal(message, refusal)))
+
+    async def _recorded_refusal(self, message: Message, refusal: Reply) -> Reply:
+        """A request refused by the gateway itself is still recorded; if it cannot be, the answer
+        is the audit failure instead (never no answer)."""
+        try:
+            await self.gateway.record_unrouted(self.caller, message, refusal)
+        except Exception as record_exc:
+            return error_reply(record_exc)
+        return refusal
 
     def inflight_for(self, request_id: RequestId) -> Inflight | None:
         return self._inflight.get(request_id)

@@ -4,14 +4,18 @@ On the way in it appends the request record (arguments masked for the log) and w
 durable before any later stage runs; on the way out it appends what is released — result, error,
 denial — and waits again before the reply leaves. A store failure refuses the call (fail closed), and
 so does a payload that has no record form (too deep to mask, integers beyond ±2^53).
-Progress notifications are not recorded one by one: they carry no data of their own and would
-flood the log; the request and response around them are. With a Sealer (audit.seal_raw), the
-unmasked arguments and result also go into their records, encrypted for the auditors' keys.
+Notifications are recorded too, progress included: a progress message is free text from the
+upstream and reaches the model like any result. A request whose task is cancelled (the client's
+``notifications/cancelled``, or its session closing) gets a response record with the outcome
+``cancelled``. With a Sealer (audit.seal_raw), the unmasked arguments and result also go into their
+records, encrypted for the auditors' keys.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
+import logging
 import time
 from typing import Any, ClassVar
 
@@ -29,8 +33,7 @@ from bastion.masking.errors import MaskingError
 from bastion.masking.masker import Masker
 from bastion.pipeline.stage import Next
 
-_UNRECORDED = frozenset({"notifications/progress"})
-
+log = logging.getLogger(__name__)
 
 def who(caller: CallerContext) -> dict[str, Any]:
     """The identity fields of an audit event."""
@@ -71,12 +74,6 @@ class AuditStage:
         return self._sealer.seal_value(field, raw, upstream=ex.upstream, method=ex.method, name=ex.name)
 
     async def __call__(self, ex: Exchange, call_next: Next) -> Reply | None:
-        if ex.method in _UNRECORDED:
-            return await call_next(ex)
-        try:
-            arguments_sha256 = compute_arguments_sha256(ex.arguments) if ex.method == "tools/call" else None
-        except CanonicalEncodingError:
-            arguments_sha256 = None
         base = {
             **who(ex.caller),
             "upstream": ex.upstream,
@@ -90,6 +87,10 @@ class AuditStage:
             kind = EventKind.CANCELLED
         detail = {"direction": ex.direction.value} if ex.direction is Direction.TO_CLIENT else None
         raw = self._raw_payload(ex)
+        try:
+            arguments_sha256 = compute_arguments_sha256(raw) if raw is not None else None
+        except CanonicalEncodingError:
+            arguments_sha256 = None  # the masking below refuses it with the reason
         try:
             sealed = self._seal(ex, SealedField.ARGUMENTS, raw)
             receipt = await self._log.append(
@@ -110,17 +111,33 @@ class AuditStage:
             refusal = error_body(codes.INVALID_PARAMS, "The arguments cannot be recorded, so the request was not forwarded")
             return await self._append_refusal(event, refusal) if ex.kind is Kind.REQUEST else None
         ex.notes.request_seq = receipt.seq
-        reply = await call_next(ex)
+        try:
+            reply = await call_next(ex)
+        except asyncio.CancelledError:
+            if ex.kind is Kind.REQUEST:
+                await self._record_cancelled(ex, base, detail)
+            raise
         if ex.kind is Kind.NOTIFICATION or reply is None:
             return reply
         return await self._record_reply(ex, reply, base, detail)
+
+    async def _record_cancelled(self, ex: Exchange, base: dict[str, Any], detail: Any) -> None:
+        """Close a cancelled request's record pair; nothing is released, so a store failure is only logged."""
+        event = self._response_event(ex, base, detail, Outcome.CANCELLED.value, None, None, None, None)
+        try:
+            await self._log.append(event)
+        except StorageError:
+            log.exception("the cancellation of request %r could not be recorded", ex.id)
 
     async def _record_reply(self, ex: Exchange, reply: Reply, base: dict[str, Any], detail: Any) -> Reply:
         notes = ex.notes
         result = reply.get("result")
         error = reply.get("error")
-        is_error = result.get("isError") if isinstance(result, dict) and ex.method == "tools/call" else None
+        flag = result.get("isError") if isinstance(result, dict) and ex.method == "tools/call" else None
+        is_error = flag if isinstance(flag, bool) else None  # the record's is_error is a boolean or absent
         outcome = notes.outcome or ("error" if error is not None or is_error else "ok")
+        if result is not None and notes.raw_result_sha256 is None and not notes.result_masked:
+            notes.raw_result_sha256 = raw_sha256(result)  # unmasked so far: this is the result as received
         try:
             if result is None or notes.result_masked:
                 released = result  # already masked for release with a superset of the log's profiles
@@ -178,7 +195,8 @@ def _unrecordable(part: str, exc: MaskingError | CanonicalEncodingError, detail:
 
 
 def raw_sha256(result: Any) -> str:
-    """SHA-256 of the upstream's result as Bastion received it (compact JSON)."""
+    """SHA-256 of a result as Bastion received it, before any masking, as compact JSON (the bytes
+    ``audit.seal_raw`` seals, so an auditor who unseals them can check the digest)."""
     return hashlib.sha256(orjson.dumps(result)).hexdigest()
 
 

@@ -86,6 +86,7 @@ class MaskingStage:
         if ex.kind is Kind.NOTIFICATION or reply is None or not isinstance(reply.get("result"), dict):
             return reply
         result: dict[str, Any] = reply["result"]
+        ex.notes.raw_result_sha256 = raw_sha256(result)
         if self._keep_raw:
             ex.notes.raw_result = result
         outcome = mask_message_result(masker, ex.method, result)

@@ -102,7 +102,11 @@ class McpHttpEndpoint:
                 await self._get(receive, send, headers, caller)
             elif method == "DELETE":
                 session = self._session(headers, caller)
-                await self.gateway.close_session(session.id)
+                try:
+                    await self.gateway.close_session(session.id)
+                except StorageError:
+                    raise HttpError(503, codes.AUDIT_UNAVAILABLE,
+                                    "Service Unavailable: the audit store cannot record; the session stays open") from None
                 await _respond(send, 200, b"", {})
             else:
                 raise HttpError(405, codes.INVALID_REQUEST, "Method Not Allowed", {"allow": "GET, POST, DELETE"})
@@ -183,11 +187,15 @@ class McpHttpEndpoint:
             try:
                 await self.gateway.recorder.session(caller, opened=True)
             except StorageError:
-                await self.gateway.close_session(session.id)
+                await self.gateway.discard_session(session.id)
                 raise HttpError(503, codes.AUDIT_UNAVAILABLE, "Service Unavailable: the audit store cannot record") from None
         elif not headers.get("mcp-session-id") and any(m.get("method") == "server/discover" for m in messages):
             # A 2026-07-28 client probing: answer as a handshake-era server so it falls back to initialize.
-            await _respond_json(send, 200, render_error(messages[0].get("id"), codes.METHOD_NOT_FOUND, "Method not found: server/discover"))
+            # The answer is a refusal and carries no data; it is recorded like one, before it leaves.
+            code, text = codes.METHOD_NOT_FOUND, "Method not found: server/discover"
+            with contextlib.suppress(StorageError):
+                await self.gateway.record_unrouted(caller, messages[0], {"error": {"code": code, "message": text}})
+            await _respond_json(send, 200, render_error(messages[0].get("id"), code, text))
             return
         else:
             session = self._session(headers, caller)

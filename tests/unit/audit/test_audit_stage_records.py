@@ -1,0 +1,129 @@
+"""What the audit stage writes for each kind of exchange: digests, progress, cancellation, flags.
+
+Each test runs the real stage over a real (in-memory SQLite) log and reads the records back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import orjson
+import pytest
+
+from bastion.audit.canonical import canonical_bytes
+from bastion.audit.keys import generate_signing_key
+from bastion.audit.log import AuditLog
+from bastion.exchange import CallerContext, Direction, Exchange, Kind, Reply
+from bastion.identity.principal import Principal
+from bastion.masking import MaskingEngine
+from bastion.masking.settings import MaskingSettings
+from bastion.stages.audit import AuditStage
+from bastion.storage import AuditStore, open_store
+
+pytestmark = pytest.mark.anyio
+
+ORIGIN = "gw/stage-records"
+
+
+class Harness:
+    def __init__(self, store: AuditStore, log: AuditLog) -> None:
+        self.store = store
+        self.log = log
+        self.stage = AuditStage(log, MaskingEngine(MaskingSettings()).masker(None))
+
+    def exchange(self, method: str, params: dict[str, Any] | None, deliver: Callable[[Exchange], Awaitable[Any]],
+                 *, request_id: int | None = 1) -> Exchange:
+        return Exchange(
+            direction=Direction.TO_UPSTREAM, kind=Kind.REQUEST if request_id is not None else Kind.NOTIFICATION,
+            method=method, params=params, id=request_id,
+            caller=CallerContext(Principal.anonymous(), "s-1", "/servers/up/mcp"), upstream="up",
+            deliver=deliver, name=(params or {}).get("name"),
+        )
+
+    async def run(self, ex: Exchange) -> Reply | None:
+        return await asyncio.wait_for(self.stage(ex, lambda e: e.deliver(e)), 5)
+
+    async def records(self) -> list[dict[str, Any]]:
+        entries = [orjson.loads(e.body) async for e in self.store.stream_entries(ORIGIN)]
+        return [r for r in entries if r["kind"] not in ("gateway_started",)]
+
+
+@pytest.fixture
+async def harness() -> AsyncIterator[Harness]:
+    store = await open_store("sqlite:///:memory:")
+    log = AuditLog(store, origin=ORIGIN, signing_key=generate_signing_key("gw"))
+    await log.start()
+    try:
+        yield Harness(store, log)
+    finally:
+        await log.aclose()
+        await store.aclose()
+
+
+def answer(result: dict[str, Any]) -> Callable[[Exchange], Awaitable[Reply]]:
+    async def deliver(ex: Exchange) -> Reply:
+        return {"result": result}
+
+    return deliver
+
+
+async def test_every_request_with_a_payload_gets_the_digest_of_its_arguments(harness: Harness) -> None:
+    params = {"name": "greet", "arguments": {"who": "Ada"}, "_meta": {"progressToken": 3}}
+    await harness.run(harness.exchange("prompts/get", params, answer({"messages": []})))
+    request, _ = await harness.records()
+    payload = {"name": "greet", "arguments": {"who": "Ada"}}
+    assert request["what"]["arguments"] == payload
+    assert request["what"]["arguments_sha256"] == hashlib.sha256(canonical_bytes(payload)).hexdigest()
+
+
+async def test_an_unmasked_result_gets_the_digest_of_the_result_as_received(harness: Harness) -> None:
+    result = {"contents": [{"uri": "file:///a", "text": "hello"}]}
+    await harness.run(harness.exchange("resources/read", {"uri": "file:///a"}, answer(result)))
+    _, response = await harness.records()
+    assert response["result"]["upstream_sha256"] == hashlib.sha256(orjson.dumps(result)).hexdigest()
+
+
+async def test_progress_notifications_are_recorded_before_they_are_relayed(harness: Harness) -> None:
+    relayed: list[dict[str, Any]] = []
+
+    async def deliver(ex: Exchange) -> None:
+        relayed.append(await harness.records())  # what the log held at the moment of release
+
+    params = {"progressToken": 7, "progress": 1, "total": 2, "message": "copied 1 of 2 files"}
+    await harness.run(harness.exchange("notifications/progress", params, deliver, request_id=None))
+    [before_release] = relayed
+    [note] = before_release
+    assert note["kind"] == "notification" and note["what"]["method"] == "notifications/progress"
+    assert note["what"]["arguments"]["message"] == "copied 1 of 2 files"
+
+
+async def test_a_cancelled_request_gets_a_response_record_with_the_outcome_cancelled(harness: Harness) -> None:
+    upstream_called = asyncio.Event()
+
+    async def hang(ex: Exchange) -> Reply:
+        upstream_called.set()
+        await asyncio.Event().wait()
+        raise AssertionError("unreachable")
+
+    task = asyncio.create_task(harness.run(harness.exchange("tools/call", {"name": "slow", "arguments": {}}, hang, request_id=42)))
+    await asyncio.wait_for(upstream_called.wait(), 5)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    request, response = await harness.records()
+    assert response["kind"] == "response" and response["outcome"] == "cancelled"
+    assert response["correlation"]["jsonrpc_id"] == 42 == request["correlation"]["jsonrpc_id"]
+    assert response["correlation"]["request_seq"] == request["seq"]
+    assert "released" not in response.get("result", {})
+
+
+async def test_an_is_error_that_is_not_a_boolean_is_left_out_of_the_record(harness: Harness) -> None:
+    result = {"content": [], "isError": "yes"}
+    reply = await harness.run(harness.exchange("tools/call", {"name": "odd", "arguments": {}}, answer(result)))
+    assert reply == {"result": result}  # released as the upstream sent it
+    _, response = await harness.records()
+    assert "is_error" not in response["result"]
+    assert response["result"]["released"] == result
