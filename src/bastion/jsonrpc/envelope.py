@@ -84,8 +84,8 @@ def classify(message: Any) -> MessageKind:
     if "result" in message:
         return MessageKind.RESULT
     error = message.get("error")
-    if isinstance(error, dict) and isinstance(error.get("code"), int):
-        return MessageKind.ERROR
+    if isinstance(error, dict) and type(error.get("code")) is int and isinstance(error.get("message"), str):
+        return MessageKind.ERROR  # JSON-RPC 2.0 §5.1: an integer code and a string message, both required
     raise ProtocolError("Invalid Request: neither a request, a notification nor a response")
 
 
