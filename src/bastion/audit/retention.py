@@ -2,14 +2,16 @@
 
 Owns ``prune``: recompute the frontier at the cut from the stored leaf hashes, check that those
 leaves still build the log's newest signed root, sign and store a ``bastion-retention`` checkpoint,
-and only then delete. The verifier can thus tell pruning from deletion; the line format is
-audit/checkpoint.py's and the DELETE is the store's.
+and copy it to the witnesses, and only then delete. The verifier can thus tell pruning from
+deletion, and the witnesses hold the retention checkpoint where the database's administrators
+cannot remove it; the line format is audit/checkpoint.py's and the DELETE is the store's.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -29,6 +31,7 @@ from bastion.audit.hashing import hash_leaf
 from bastion.audit.keys import KeyRing, SigningKey
 from bastion.audit.reading import PAGE_RECORDS, fetch_all_checkpoints
 from bastion.audit.record import render_time
+from bastion.audit.witness import Witness
 from bastion.errors import StorageError, VerificationError
 from bastion.storage.base import AppendBatch, AuditStore
 
@@ -104,18 +107,21 @@ async def prune(
     before: int,
     key: SigningKey,
     *,
+    witnesses: Sequence[Witness] = (),
+    witness_timeout_s: float = 30.0,
     clock: Callable[[], datetime] = lambda: datetime.now(UTC),
 ) -> PruneResult:
     """Delete records ``seq < before`` of ``origin`` after storing a signed retention checkpoint.
 
     Steps: (1) the newest checkpoint must cover ``before`` and be signed by ``key``; (2) the stored
     leaves must rebuild its root, and the frontier at ``before`` is taken on the way; (3) sign and
-    store the retention checkpoint at ``before``; (4) delete. A crash between (3) and (4) leaves
-    a valid log that prunes on the next run.
+    store the retention checkpoint at ``before``, and copy it to every one of ``witnesses``;
+    (4) delete. A crash or a witness failure between (3) and (4) leaves a valid log, with
+    nothing deleted, that prunes on the next run.
 
     Raises:
         RetentionError: ``before`` is not covered by a checkpoint, the checkpoint is not ``key``'s,
-            or the stored records do not rebuild it.
+            the stored records do not rebuild it, or a witness did not take the retention checkpoint.
         StorageError: the store cannot be read or written.
     """
     # (1)
@@ -140,6 +146,14 @@ async def prune(
     )
     checkpoint = StoredCheckpoint(origin, before, at_cut.root(), sign_checkpoint(body, key), render_time(moment))
     await _store_checkpoint(store, checkpoint)
+    for witness in witnesses:
+        try:
+            async with asyncio.timeout(witness_timeout_s):
+                await witness.store_checkpoint(checkpoint)
+        except (StorageError, TimeoutError) as exc:
+            raise RetentionError(
+                f"witness {witness.name} did not take the retention checkpoint ({exc or 'timed out'}); nothing pruned"
+            ) from exc
     # (4)
     deleted = await store.prune_entries(origin, before)
     return PruneResult(origin, before, deleted, checkpoint.note)

@@ -239,6 +239,12 @@ class WitnessFanout:
 
 def build_witnesses(settings: WitnessSettings, client: httpx.AsyncClient) -> WitnessFanout | None:
     """Return a fan-out over the configured witnesses, or None when none is configured."""
+    witnesses = configured_witnesses(settings, client)
+    return WitnessFanout(witnesses) if witnesses else None
+
+
+def configured_witnesses(settings: WitnessSettings, client: httpx.AsyncClient) -> list[Witness]:
+    """The witnesses ``settings`` configure, each ready to store checkpoints."""
     witnesses: list[Witness] = []
     if settings.directory is not None:
         witnesses.append(DirectoryWitness(settings.directory))
@@ -255,4 +261,4 @@ def build_witnesses(settings: WitnessSettings, client: httpx.AsyncClient) -> Wit
                 timeout_s=s3.timeout_s,
             )
         )
-    return WitnessFanout(witnesses) if witnesses else None
+    return witnesses

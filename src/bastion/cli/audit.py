@@ -11,12 +11,18 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from typing import Any
 
+import httpx
+
 from bastion.audit import retention
+from bastion.audit.retention import PruneResult
+from bastion.audit.witness import configured_witnesses
 from bastion.cli import audit_keys, audit_read, audit_verify
 from bastion.cli._audit_shared import add_key_source, escape, require_key, run, with_store
 from bastion.cli._store import add_store_argument, resolve_store_url
+from bastion.config import load_settings
 
 
 def register(commands: Any) -> None:
@@ -32,15 +38,30 @@ def register(commands: Any) -> None:
     p.add_argument("--origin", required=True)
     p.add_argument("--before", type=int, required=True, help="first seq to keep")
     add_key_source(p, required=True)
+    p.add_argument(
+        "--config",
+        help="the gateway's configuration: the retention checkpoint is copied to its audit.witnesses before "
+        "anything is deleted, and nothing is deleted if one of them does not take it",
+    )
     p.add_argument("--json", action="store_true")
     p.set_defaults(run=run_prune)
 
 
 def run_prune(args: argparse.Namespace) -> int:
     key = require_key(args)
-    result = run(
-        with_store(resolve_store_url(args), lambda store: retention.prune(store, args.origin, args.before, key))
-    )
+    witness_settings = load_settings(args.config).audit.witnesses if args.config else None
+    if witness_settings is None:
+        print("bastion audit: no --config: the retention checkpoint is kept in the database only", file=sys.stderr)
+
+    async def prune() -> PruneResult:
+        async with httpx.AsyncClient() as client:
+            witnesses = configured_witnesses(witness_settings, client) if witness_settings else []
+            return await with_store(
+                resolve_store_url(args),
+                lambda store: retention.prune(store, args.origin, args.before, key, witnesses=witnesses),
+            )
+
+    result = run(prune())
     if args.json:
         print(
             json.dumps(
