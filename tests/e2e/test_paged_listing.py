@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 from mcp.client.client import Client
 from mcp.shared.exceptions import MCPError
-
-from bastion.jsonrpc import codes
 from tests.e2e.gateway import running_gateway
 from tests.e2e.test_rug_pull import HONEST, SHIFTY, denied_records
+
+from bastion.jsonrpc import codes
 
 pytestmark = [pytest.mark.e2e, pytest.mark.anyio]
 

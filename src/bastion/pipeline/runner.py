@@ -65,15 +65,26 @@ class Pipeline:
 
     def __init__(self, outer: Sequence[Stage], inner: Sequence[Stage]) -> None:
         """``outer`` stages see raw exceptions turned into replies (audit); ``inner`` ones raise."""
-        handler: Next = _deliver
-        stages: list[Stage] = [*outer, _ErrorBoundary(), *inner]
-        for stage in reversed(stages):
-            handler = _bind(stage, handler)
-        self._handler = handler
+        self._handler = _build([*outer, _ErrorBoundary(), *inner])
+        self._outer_handler = _build([*outer, _ErrorBoundary()])
         self.stage_names = tuple(s.name for s in (*outer, *inner))
 
     async def __call__(self, ex: Exchange) -> Reply | None:
         return await self._handler(ex)
+
+    async def run_outer(self, ex: Exchange) -> Reply | None:
+        """Run an exchange Bastion answers itself (``ex.deliver`` composes the reply, e.g. the
+        federated endpoint's merged listing) through the outer stages only: it is recorded and
+        counted like any other, but it has no upstream of its own for policy, approval or masking
+        to decide on; the upstream exchanges it is composed of ran the whole pipeline."""
+        return await self._outer_handler(ex)
+
+
+def _build(stages: Sequence[Stage]) -> Next:
+    handler: Next = _deliver
+    for stage in reversed(stages):
+        handler = _bind(stage, handler)
+    return handler
 
 
 def _bind(stage: Stage, call_next: Next) -> Next:

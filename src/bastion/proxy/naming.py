@@ -15,6 +15,9 @@ from bastion.jsonrpc import codes
 
 NAME_SEPARATOR = "__"
 URI_SEPARATOR = "+"
+ALL_UPSTREAMS = "*"
+"""The ``upstream`` of a federated exchange that belongs to no single upstream: a client
+notification for all of them, or a reply Bastion composes itself (merged, renamed, or its own)."""
 
 
 def qualify_name(upstream: str, name: str) -> str:

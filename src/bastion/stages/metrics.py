@@ -14,6 +14,7 @@ from prometheus_client.registry import Collector
 
 from bastion.exchange import Exchange, Kind, Reply
 from bastion.pipeline.stage import Next
+from bastion.proxy.naming import ALL_UPSTREAMS
 
 _KNOWN_METHODS = frozenset({
     "initialize", "ping", "tools/list", "tools/call", "prompts/list", "prompts/get", "resources/list",
@@ -73,7 +74,7 @@ class MetricsStage:
 
     def __init__(self, metrics: Metrics, upstreams: Iterable[str]) -> None:
         self._metrics = metrics
-        self._upstreams = frozenset(upstreams)
+        self._upstreams = frozenset((*upstreams, ALL_UPSTREAMS))  # "*": replies the federated endpoint composes
 
     async def __call__(self, ex: Exchange, call_next: Next) -> Reply | None:
         if ex.kind is Kind.NOTIFICATION:

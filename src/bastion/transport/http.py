@@ -24,6 +24,7 @@ from bastion.identity.principal import Principal
 from bastion.jsonrpc import codes
 from bastion.jsonrpc.envelope import Message, MessageKind, classify, dumps, parse_body, render_error
 from bastion.proxy.gateway import Gateway
+from bastion.proxy.naming import ALL_UPSTREAMS
 from bastion.proxy.session import DownstreamSession
 from bastion.proxy.streams import ReplyStream, parse_event_id
 from bastion.proxy.versions import BATCH_VERSIONS, DEFAULT_VERSION_WITHOUT_HEADER, SUPPORTED_VERSIONS
@@ -242,7 +243,7 @@ class McpHttpEndpoint:
             await session.endpoint.handle_notification(session, {"jsonrpc": "2.0", "method": ex.method, "params": ex.params})
             return None
 
-        upstream = _upstream_of(session.caller.endpoint) or "*"
+        upstream = _upstream_of(session.caller.endpoint) or ALL_UPSTREAMS
         ex = session.exchange(method, params if isinstance(params, dict) else None, None, upstream, deliver)
         try:
             await self.gateway.pipeline(ex)
