@@ -9,15 +9,14 @@ from pathlib import Path
 
 import asyncpg
 import pytest
-from tests.contract.backends import PG_DSN, POSTGRES, provision
+from tests.contract.backends import PG_DSN, POSTGRES, explain_postgres, explain_sqlite, provision
 
 from bastion.audit.canonical import canonical_bytes
 from bastion.audit.compact import Frontier
 from bastion.audit.entry import LogEntry, StoredCheckpoint
 from bastion.audit.hashing import hash_leaf
 from bastion.errors import ConfigError, HeadConflictError, StorageError
-from bastion.storage import _sql
-from bastion.storage import AppendBatch, AuditStore, LogHead, RecordQuery, open_store
+from bastion.storage import AppendBatch, AuditStore, LogHead, RecordQuery, _sql, open_store
 from bastion.storage.base import SearchColumns
 from bastion.storage.sqlite_setup import migration_statements
 
@@ -300,24 +299,6 @@ async def test_search_finds_rare_and_common_outcomes_and_kinds(store: AuditStore
     assert await seqs(kind="request", outcome="ok") == [5, 1, 0]
 
 
-def _explain_sqlite(path: str, sql: str, params: list[object]) -> str:
-    conn = sqlite3.connect(path)
-    try:
-        conn.execute("ANALYZE")
-        return " ".join(str(row[-1]) for row in conn.execute(f"EXPLAIN QUERY PLAN {sql}", params))
-    finally:
-        conn.close()
-
-
-async def _explain_postgres(url: str, sql: str, params: list[object]) -> str:
-    conn = await asyncpg.connect(PG_DSN, server_settings={"search_path": url.rsplit("schema=", 1)[1]})
-    try:
-        await conn.execute("ANALYZE records")
-        return " ".join(row[0] for row in await conn.fetch(f"EXPLAIN {sql}", *params))
-    finally:
-        await conn.close()
-
-
 @pytest.mark.parametrize(
     ("query", "index"),
     [(RecordQuery(outcome="denied"), "records_rare_outcome_time"), (RecordQuery(kind="log_read"), "records_rare_kind_time")],
@@ -340,11 +321,11 @@ async def test_search_for_a_rare_value_uses_its_partial_index(
             await store.aclose()
         if backend == "sqlite-file":
             sql, params = _sql.search_filed_sql(query)
-            plan = _explain_sqlite(url.removeprefix("sqlite:///"), sql, params)
+            plan = explain_sqlite(url.removeprefix("sqlite:///"), sql, params)
             index = index.replace("records_", "search_index_")  # SQLite files records apart (migration 0006)
         else:
             sql, params = _sql.search_sql(query, _sql.dollar)
-            plan = await _explain_postgres(url, sql, params)
+            plan = await explain_postgres(url, sql, params)
     assert index in plan, plan
 
 

@@ -226,7 +226,7 @@ async def echo_call_record(gateway: TlsGateway, agent: str) -> dict[str, Any]:
 async def entry_count(gateway: TlsGateway) -> int:
     store = await open_store(f"sqlite:///{gateway.workdir}/audit.db")
     try:
-        return len(await store.search_entries(RecordQuery(limit=100_000)))
+        return len(await store.search_entries(RecordQuery(limit=10_000)))
     finally:
         await store.aclose()
 

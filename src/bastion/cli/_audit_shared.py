@@ -1,8 +1,9 @@
 """What the ``bastion audit`` sub-commands share: safe text output, bad input, key and file options.
 
 Owns escaping record text for a terminal (one record, one line), the exit-2 ``BadInputError``,
-reading key rings and input files, the ``--key``/``--origin`` options, and running one coroutine
-against an opened store. The commands themselves live in cli/audit_{keys,verify,read}.py.
+reading key rings and input files, the ``--key``/``--origin`` options, the argument types that
+refuse a malformed number or time before anything runs (argparse exits 2), and running one
+coroutine against an opened store. The commands themselves live in cli/audit_{keys,verify,read}.py.
 """
 
 from __future__ import annotations
@@ -16,8 +17,9 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from bastion.audit.keys import KeyRing, SigningKey, load_signing_key, parse_key_ring
+from bastion.audit.reading import parse_time_bound
 from bastion.errors import BastionError, ConfigError
-from bastion.storage import Store, open_store
+from bastion.storage import OpenMode, Store, open_store
 
 T = TypeVar("T")
 _UNSAFE = re.compile("[\\\\\x00-\x1f\x7f-\x9f\u200e\u200f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
@@ -47,6 +49,42 @@ def add_origins(parser: argparse.ArgumentParser) -> None:
         default=[],
         help="origin to include (repeatable; default: every origin in the store)",
     )
+
+
+def whole_number(low: int, high: int, hint: str = "") -> Callable[[str], int]:
+    """An argparse ``type``: an integer in ``low..high``; ``hint`` is added to the refusal."""
+
+    def parse(text: str) -> int:
+        refusal = argparse.ArgumentTypeError(f"{text!r} is not a whole number in {low}..{high}{hint}")
+        try:
+            value = int(text)
+        except ValueError as exc:
+            raise refusal from exc
+        if not low <= value <= high:
+            raise refusal
+        return value
+
+    return parse
+
+
+def positive_seconds(text: str) -> float:
+    """An argparse ``type``: a finite number of seconds above zero."""
+    refusal = argparse.ArgumentTypeError(f"{text!r} is not a number of seconds above 0")
+    try:
+        value = float(text)
+    except ValueError as exc:
+        raise refusal from exc
+    if not 0 < value < float("inf"):  # also refuses nan
+        raise refusal
+    return value
+
+
+def time_bound(text: str) -> str:
+    """An argparse ``type``: an RFC 3339 date-time with an offset, as a bound in the stored time format."""
+    try:
+        return parse_time_bound(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
 
 
 def require_key(args: argparse.Namespace) -> SigningKey:
@@ -86,9 +124,9 @@ def load_ring(path: str) -> KeyRing:
     return ring
 
 
-async def with_store(url: str, work: Callable[[Store], Awaitable[T]]) -> T:
-    """Open the store at ``url``, run ``work`` on it and close it."""
-    store = await open_store(url)
+async def with_store(url: str, work: Callable[[Store], Awaitable[T]], *, mode: OpenMode = OpenMode.CREATE) -> T:
+    """Open the store at ``url`` as ``mode`` allows, run ``work`` on it and close it."""
+    store = await open_store(url, mode)
     try:
         return await work(store)
     finally:

@@ -23,6 +23,7 @@ from bastion.cli import audit_keys, audit_read, audit_verify
 from bastion.cli._audit_shared import add_key_source, escape, require_key, run, with_store
 from bastion.cli._store import add_store_argument, resolve_store_url
 from bastion.config import load_settings
+from bastion.storage import OpenMode
 
 
 def register(commands: Any) -> None:
@@ -59,6 +60,7 @@ def run_prune(args: argparse.Namespace) -> int:
             return await with_store(
                 resolve_store_url(args),
                 lambda store: retention.prune(store, args.origin, args.before, key, witnesses=witnesses),
+                mode=OpenMode.EXISTING,  # a mistyped path is refused, not created
             )
 
     result = run(prune())

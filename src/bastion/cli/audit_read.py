@@ -3,12 +3,15 @@
 Thin shells over audit/{reading,export,sealing}.py. Each one first records the read in the log
 (cli/audit_reader.py: a ``log_read``, or ``log_exported`` for export, durable and signed) and
 only then reads; if the record cannot be written the command prints why, exits 2 and releases
-nothing. Text output escapes control characters so records cannot forge lines.
+nothing. Malformed arguments (numbers, times, a search cursor) are refused by argparse, exit 2,
+before anything is recorded. Text output escapes control characters so records cannot forge lines.
 """
 
 from __future__ import annotations
 
 import argparse
+import base64
+import binascii
 import dataclasses
 import json
 import sys
@@ -20,7 +23,17 @@ from bastion.audit.entry import LogEntry
 from bastion.audit.record import EventKind
 from bastion.audit.seal_keys import load_seal_private_key
 from bastion.audit.sealing import SealedField, unseal_record
-from bastion.cli._audit_shared import BadInputError, add_origins, escape, load_ring, run, with_store
+from bastion.cli._audit_shared import (
+    BadInputError,
+    add_origins,
+    escape,
+    load_ring,
+    positive_seconds,
+    run,
+    time_bound,
+    whole_number,
+    with_store,
+)
 from bastion.cli._store import render_table
 from bastion.cli.audit_reader import (
     add_recording_options,
@@ -30,7 +43,12 @@ from bastion.cli.audit_reader import (
     run_recorded,
 )
 from bastion.errors import StorageError
-from bastion.storage import AuditStore, RecordQuery, Store
+from bastion.storage import AuditStore, OpenMode, RecordQuery, SearchCursor, Store
+from bastion.storage.base import MAX_SEARCH_LIMIT
+
+SEQ = whole_number(0, reading.MAX_SEQ)
+COUNT = whole_number(0, reading.MAX_SEQ)
+SEARCH_LIMIT = whole_number(1, MAX_SEARCH_LIMIT, "; page through more with --page-after")
 
 
 def register(sub: Any) -> None:
@@ -42,33 +60,35 @@ def register(sub: Any) -> None:
     p.add_argument("--session")
     p.add_argument("--outcome")
     p.add_argument("--kind")
-    p.add_argument("--since", help="RFC 3339, inclusive")
-    p.add_argument("--until", help="RFC 3339, exclusive")
-    p.add_argument("--limit", type=int, default=100)
+    p.add_argument("--since", type=time_bound, help="records at or after this RFC 3339 time (with Z or an offset)")
+    p.add_argument("--until", type=time_bound, help="records before this RFC 3339 time (with Z or an offset)")
+    p.add_argument("--limit", type=SEARCH_LIMIT, default=100, help=f"at most this many records, 1..{MAX_SEARCH_LIMIT}")
+    p.add_argument("--page-after", type=search_cursor, metavar="CURSOR",
+                   help="the next page: the cursor a search printed when it stopped at --limit")
     p.add_argument("--json", action="store_true", help="one JSON object per line")
     add_recording_options(p, taken=frozenset({"--subject"}))
     p.set_defaults(run=run_search)
 
     p = sub.add_parser("show", help="one interaction: the request record, then its approval and response records")
     p.add_argument("--origin", required=True)
-    p.add_argument("--seq", type=int, required=True)
-    p.add_argument("--window", type=int, default=1000, help="records after the request searched for its replies")
+    p.add_argument("--seq", type=SEQ, required=True)
+    p.add_argument("--window", type=COUNT, default=1000, help="records after the request searched for its replies")
     p.add_argument("--json", action="store_true")
     add_recording_options(p)
     p.set_defaults(run=run_show)
 
     p = sub.add_parser("tail", help="print the newest records; --follow keeps polling for new ones")
     p.add_argument("--origin", required=True)
-    p.add_argument("--last", type=int, default=10)
+    p.add_argument("--last", type=COUNT, default=10)
     p.add_argument("--follow", "-f", action="store_true")
-    p.add_argument("--poll-s", type=float, default=1.0)
+    p.add_argument("--poll-s", type=positive_seconds, default=1.0)
     p.add_argument("--json", action="store_true")
     add_recording_options(p)
     p.set_defaults(run=run_tail)
 
     p = sub.add_parser("proof", help="inclusion proof of one record against the latest checkpoint (JSON)")
     p.add_argument("--origin", required=True)
-    p.add_argument("--seq", type=int, required=True)
+    p.add_argument("--seq", type=SEQ, required=True)
     p.add_argument("--keys", help="check the checkpoint's signature against this key ring first")
     p.add_argument("--out", help="write the proof here instead of stdout")
     add_recording_options(p)
@@ -76,7 +96,7 @@ def register(sub: Any) -> None:
 
     p = sub.add_parser("unseal", help="decrypt the raw value sealed in one record (exit 0 ok, 1 failed, 2 bad input)")
     p.add_argument("--origin", required=True)
-    p.add_argument("--seq", type=int, required=True)
+    p.add_argument("--seq", type=SEQ, required=True)
     p.add_argument("--key", required=True, help="auditor private key file written by 'bastion audit sealkey'")
     p.add_argument("--field", choices=[f.value for f in SealedField], help="which sealed value (default: the only one)")
     add_recording_options(p, taken=frozenset({"--key", "--key-env"}))
@@ -84,8 +104,8 @@ def register(sub: Any) -> None:
 
     p = sub.add_parser("export", help="write records and checkpoints as JSON Lines, verifiable with verify --export")
     add_origins(p)
-    p.add_argument("--from", dest="time_from", help="first record time (RFC 3339, inclusive)")
-    p.add_argument("--to", dest="time_to", help="last record time (RFC 3339, exclusive)")
+    p.add_argument("--from", dest="time_from", type=time_bound, help="records at or after this RFC 3339 time")
+    p.add_argument("--to", dest="time_to", type=time_bound, help="records before this RFC 3339 time")
     p.add_argument("--out", required=True, help="file to create")
     add_recording_options(p)
     p.set_defaults(run=run_export)
@@ -93,6 +113,26 @@ def register(sub: Any) -> None:
 
 def _present(detail: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in detail.items() if v is not None}
+
+
+def render_cursor(cursor: SearchCursor) -> str:
+    """The ``--page-after`` value that continues a search past ``cursor``: base64url of a JSON
+    ``[time, origin, seq]``, safe to paste into a shell whatever the origin holds."""
+    doc = json.dumps([cursor.time, cursor.origin, cursor.seq], ensure_ascii=True, separators=(",", ":"))
+    return base64.urlsafe_b64encode(doc.encode("ascii")).decode("ascii").rstrip("=")
+
+
+def search_cursor(text: str) -> SearchCursor:
+    """An argparse ``type``: a cursor ``render_cursor`` made."""
+    refusal = argparse.ArgumentTypeError(f"{text!r} is not a cursor printed by an earlier search")
+    try:
+        doc = json.loads(base64.urlsafe_b64decode(text + "=" * (-len(text) % 4)))
+    except (binascii.Error, ValueError) as exc:
+        raise refusal from exc
+    match doc:
+        case [str(time), str(origin), int(seq)] if not isinstance(seq, bool) and 0 <= seq <= reading.MAX_SEQ:
+            return SearchCursor(time, origin, seq)
+    raise refusal
 
 
 # -- search, show, tail ------------------------------------------------------------------------------
@@ -110,10 +150,18 @@ def run_search(args: argparse.Namespace) -> int:
         time_from=args.since,
         time_to=args.until,
         limit=args.limit,
+        after=args.page_after,
     )
     detail = {"command": "search", "query": _present(dataclasses.asdict(query))}
     found = run_recorded(resolve_reader(args), detail, lambda store: store.search_entries(query))
     _print_entries(found, args.json, header=True)
+    if len(found) == args.limit:
+        last = found[-1]
+        print(
+            f"bastion audit search: stopped at --limit {args.limit}; more records may match. Next page: "
+            f"--page-after {render_cursor(SearchCursor(last.time, last.origin, last.seq))}",
+            file=sys.stderr,
+        )
     return 0
 
 
@@ -141,12 +189,17 @@ def run_tail(args: argparse.Namespace) -> int:
 
     async def follow(store: AuditStore) -> None:
         start = await reading.fetch_tail_start(store, args.origin, args.last)
-        async for entry in reading.follow_entries(store, args.origin, start, args.poll_s, args.follow):
+        entries = reading.follow_entries(store, args.origin, start, args.poll_s, args.follow, on_retry=_tell_retry)
+        async for entry in entries:
             _print_entries([entry], args.json, header=False)
             sys.stdout.flush()
 
     run_recorded(resolve_reader(args), detail, follow)
     return 0
+
+
+def _tell_retry(exc: StorageError, pause_s: float) -> None:
+    print(f"bastion audit tail: cannot read the store, retrying in {pause_s:g} s: {escape(str(exc))}", file=sys.stderr)
 
 
 # -- proof, unseal -------------------------------------------------------------------------------------
@@ -206,7 +259,7 @@ def run_export(args: argparse.Namespace) -> int:
 
     try:
         with handle:
-            stats = run(with_store(reader.store_url, work))
+            stats = run(with_store(reader.store_url, work, mode=OpenMode.EXISTING))
     except BaseException:
         Path(args.out).unlink(missing_ok=True)  # never leave a partial or unrecorded export behind
         raise

@@ -27,7 +27,7 @@ from bastion.cli._audit_shared import BadInputError, escape, run, with_store
 from bastion.cli._store import STORE_ENV, add_store_argument, resolve_store_url
 from bastion.config import load_settings
 from bastion.errors import BastionError, ConfigError, StorageError
-from bastion.storage import AuditStore
+from bastion.storage import AuditStore, OpenMode
 
 T = TypeVar("T")
 READER_SUFFIX = "/cli"
@@ -164,8 +164,12 @@ async def append_read_record(
 def run_recorded(reader: Reader, detail: Mapping[str, Any], read: Callable[[AuditStore], Awaitable[T]]) -> T:
     """Open the reader's store, record a ``log_read`` with ``detail``, then run ``read``.
 
+    The store must exist at this code's schema version (``OpenMode.EXISTING``): a mistyped store
+    URL is refused rather than met with a new, empty store.
+
     Raises:
         UnrecordedReadError: the read could not be recorded (``read`` did not run).
+        UnpreparedStoreError: no store at the URL, or not migrated (exit 2).
         StorageError: the store cannot be opened, or ``read`` failed.
     """
 
@@ -173,7 +177,7 @@ def run_recorded(reader: Reader, detail: Mapping[str, Any], read: Callable[[Audi
         await append_read_record(store, reader, detail)
         return await read(store)
 
-    return run(with_store(reader.store_url, work))
+    return run(with_store(reader.store_url, work, mode=OpenMode.EXISTING))
 
 
 def fail_closed(command: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:

@@ -8,7 +8,6 @@ and approver groups are the service's rules), records come from ``AuditLog.searc
 
 from __future__ import annotations
 
-import datetime
 import re
 from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
@@ -22,8 +21,7 @@ from bastion.admin.approvals import MAX_LIST_LIMIT, MAX_REASON_CHARS
 from bastion.approval.model import ApprovalState, ReviewRefusedError, Verdict
 from bastion.approval.service import ApprovalNotFoundError, ApprovalService
 from bastion.audit.log import AuditLog
-from bastion.audit.reading import fetch_interaction
-from bastion.audit.record import render_time
+from bastion.audit.reading import fetch_interaction, parse_time_bound
 from bastion.console import pages
 from bastion.console._html import Markup
 from bastion.console.session import (
@@ -73,12 +71,7 @@ def _utc(value: str) -> str | None:
     Raises:
         ValueError: not a date-time.
     """
-    if not value.strip():
-        return None
-    moment = datetime.datetime.fromisoformat(value.strip())
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=datetime.UTC)
-    return render_time(moment)
+    return parse_time_bound(value, naive_is_utc=True) if value.strip() else None
 
 
 def console_router(service: ApprovalService, store: Store, log: AuditLog, authenticate: Authenticate) -> Router:

@@ -12,8 +12,15 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from bastion.audit.entry import LogEntry, StoredCheckpoint
-from bastion.errors import HeadConflictError
-from bastion.storage.base import AppendBatch, RecordQuery, SearchColumns, check_batch, pack_frontier
+from bastion.errors import HeadConflictError, StorageError
+from bastion.storage.base import (
+    MAX_SEARCH_LIMIT,
+    AppendBatch,
+    RecordQuery,
+    SearchColumns,
+    check_batch,
+    pack_frontier,
+)
 
 Placeholder = Callable[[int], str]
 """Maps a 1-based parameter position to its marker: ``?n`` for sqlite3, ``$n`` for asyncpg."""
@@ -23,7 +30,6 @@ ENTRY_COLUMNS = "origin, seq, time, kind, body, leaf_hash"
 CHECKPOINT_COLUMNS = "origin, tree_size, root_hash, note, time"
 """The columns of ``AppendRows.checkpoints``' tuples, in order."""
 CHECKPOINT_WIDTH = CHECKPOINT_COLUMNS.count(",") + 1
-MAX_SEARCH_LIMIT = 10_000
 
 
 def qmark(position: int) -> str:
@@ -39,6 +45,24 @@ def dollar(position: int) -> str:
 RECORD_COLUMNS = "origin, seq, time, kind, body, leaf_hash, subject, tool, session_id, outcome"
 """The columns of ``AppendRows.records``' tuples, in order."""
 RECORD_WIDTH = RECORD_COLUMNS.count(",") + 1
+
+ORIGINS_SQL = (
+    # A loose index scan per table: each step seeks the next origin in the index, so listing costs
+    # one seek per origin, not a read of every record or checkpoint. Heads alone would not do: a
+    # lost head row must not hide a log from verify.
+    "WITH RECURSIVE"
+    " record_origins(origin) AS (SELECT (SELECT origin FROM records ORDER BY origin LIMIT 1)"
+    " UNION ALL SELECT (SELECT r.origin FROM records AS r WHERE r.origin > p.origin ORDER BY r.origin LIMIT 1)"
+    " FROM record_origins AS p WHERE p.origin IS NOT NULL),"
+    " checkpoint_origins(origin) AS (SELECT (SELECT origin FROM checkpoints ORDER BY origin LIMIT 1)"
+    " UNION ALL SELECT (SELECT c.origin FROM checkpoints AS c WHERE c.origin > p.origin ORDER BY c.origin LIMIT 1)"
+    " FROM checkpoint_origins AS p WHERE p.origin IS NOT NULL)"
+    " SELECT origin FROM log_heads"
+    " UNION SELECT origin FROM record_origins WHERE origin IS NOT NULL"
+    " UNION SELECT origin FROM checkpoint_origins WHERE origin IS NOT NULL"
+    " ORDER BY origin"
+)
+"""Every origin with a head, a record or a checkpoint, sorted (both dialects)."""
 
 
 @functools.cache  # built once per shape: the stores ask for it on every batch
@@ -188,10 +212,14 @@ from ``kind = ?``. Each starts with its column, so a table qualifier can be put 
 
 
 def search_sql(query: RecordQuery, ph: Placeholder) -> tuple[str, list[Any]]:
-    """PostgreSQL: SELECT of the records matching every filter of ``query``, newest first."""
+    """PostgreSQL: SELECT of the records matching every filter of ``query``, newest first.
+
+    Raises:
+        StorageError: ``query.limit`` is outside 1..``MAX_SEARCH_LIMIT``.
+    """
     terms, params = _search_terms(query, ph)
     where = _where(terms, "")
-    params.append(max(1, min(query.limit, MAX_SEARCH_LIMIT)))
+    params.append(query.limit)
     sql = f"SELECT {ENTRY_COLUMNS} FROM records{where} ORDER BY time DESC, origin, seq DESC LIMIT {ph(len(params))}"
     return sql, params
 
@@ -203,9 +231,12 @@ def search_filed_sql(query: RecordQuery) -> tuple[str, list[Any]]:
     storage/sqlite_search.py), so a search also reads each origin's records past its filing
     watermark (a short run, or what a crash left unfiled), filtering on the records' own copies
     of the columns.
+
+    Raises:
+        StorageError: ``query.limit`` is outside 1..``MAX_SEARCH_LIMIT``.
     """
     terms, params = _search_terms(query, qmark)
-    params.append(max(1, min(query.limit, MAX_SEARCH_LIMIT)))
+    params.append(query.limit)
     limit = qmark(len(params))
     order = "time DESC, {0}origin, {0}seq DESC"
     filed = (
@@ -229,7 +260,14 @@ def search_filed_sql(query: RecordQuery) -> tuple[str, list[Any]]:
 
 
 def _search_terms(query: RecordQuery, ph: Placeholder) -> tuple[list[str], list[Any]]:
-    """The filters of ``query`` as ``column op placeholder`` (column unqualified), and their parameters."""
+    """The filters of ``query`` as conditions whose columns read ``{q}column`` (for ``_where`` to
+    qualify), and their parameters.
+
+    Raises:
+        StorageError: ``query.limit`` is outside 1..``MAX_SEARCH_LIMIT``.
+    """
+    if not 1 <= query.limit <= MAX_SEARCH_LIMIT:
+        raise StorageError(f"a search returns 1..{MAX_SEARCH_LIMIT} records, not {query.limit}")
     filters = [
         ("origin", "=", query.origin),
         ("subject", "=", query.subject),
@@ -245,16 +283,25 @@ def _search_terms(query: RecordQuery, ph: Placeholder) -> tuple[list[str], list[
     for column, op, value in filters:
         if value is not None:
             params.append(value)
-            terms.append(f"{column} {op} {ph(len(params))}")
+            terms.append(f"{{q}}{column} {op} {ph(len(params))}")
     if query.outcome is not None and query.outcome not in COMMON_OUTCOMES:
-        terms.append(RARE_OUTCOME_PREDICATE)
+        terms.append("{q}" + RARE_OUTCOME_PREDICATE)
     if query.kind is not None and query.kind not in COMMON_KINDS:
-        terms.append(RARE_KIND_PREDICATE)
+        terms.append("{q}" + RARE_KIND_PREDICATE)
+    if query.after is not None:
+        params += [query.after.time, query.after.origin, query.after.seq]
+        time, origin, seq = (ph(len(params) - i) for i in (2, 1, 0))
+        # Past the cursor in the result order (time DESC, origin, seq DESC). The first condition
+        # alone bounds the time index; the second settles records of the cursor's own time.
+        terms.append(
+            f"{{q}}time <= {time} AND ({{q}}time < {time} OR {{q}}origin > {origin}"
+            f" OR ({{q}}origin = {origin} AND {{q}}seq < {seq}))"
+        )
     return terms, params
 
 
 def _where(terms: list[str], qualifier: str) -> str:
-    return f" WHERE {' AND '.join(qualifier + term for term in terms)}" if terms else ""
+    return f" WHERE {' AND '.join(term.format(q=qualifier) for term in terms)}" if terms else ""
 
 
 def entry_from_row(row: Any) -> LogEntry:

@@ -2,7 +2,8 @@
 
 Owns the ``AuditStore`` protocol, the per-origin ``LogHead`` (tree size + Merkle frontier, written
 in the same transaction as the records it covers), search queries and the columns a record is
-indexed by. It knows nothing about SQL; ``storage/sqlite.py`` and ``storage/postgres.py`` implement it.
+indexed by, and how a store may be opened (``OpenMode``). It knows nothing about SQL;
+``storage/sqlite.py`` and ``storage/postgres.py`` implement it.
 Later concerns (approvals, API keys, tool pins, checkpoint time-stamps) add their own protocols plus migrations.
 """
 
@@ -10,12 +11,13 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from enum import Enum
 from typing import TYPE_CHECKING, Any, Protocol
 
 import orjson
 
 from bastion.audit.entry import LogEntry, StoredCheckpoint, StoredTimestamp
-from bastion.errors import StorageError
+from bastion.errors import ConfigError, StorageError
 
 if TYPE_CHECKING:
     from bastion.approval.store import ApprovalStore
@@ -24,6 +26,27 @@ if TYPE_CHECKING:
 
 HASH_BYTES = 32
 """Every leaf and frontier hash is a SHA-256 digest (RFC 6962 §2.1)."""
+MAX_SEARCH_LIMIT = 10_000
+"""The most records one search returns; ``RecordQuery.after`` pages through more."""
+
+
+class OpenMode(Enum):
+    """What opening a store may do to it."""
+
+    CREATE = "create"
+    """Create the database (SQLite file, PostgreSQL schema) if missing and apply pending migrations:
+    the gateway, and the commands that set a store up (``keys``, ``tools``)."""
+    EXISTING = "existing"
+    """Read and write a store that exists at this code's schema version; create and migrate
+    nothing: the CLI's reading commands, which also append the record of their read."""
+    READ_ONLY = "read_only"
+    """As ``EXISTING``, and write nothing at all (read-only connections or transactions), so
+    read-only credentials suffice: ``verify``."""
+
+
+class UnpreparedStoreError(ConfigError):
+    """Raised when a store opened without ``OpenMode.CREATE`` does not exist (no SQLite file, no
+    PostgreSQL schema), holds no Bastion schema, or one older than this code needs."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,8 +84,24 @@ class AppendBatch:
 
 
 @dataclass(frozen=True, slots=True)
+class SearchCursor:
+    """Where a page of search results ended: its last record's time, origin and seq."""
+
+    time: str
+    origin: str
+    seq: int
+
+
+@dataclass(frozen=True, slots=True)
 class RecordQuery:
-    """Search filters; every field given must match. Times are RFC 3339 strings (``time_to`` exclusive)."""
+    """Search filters; every field given must match.
+
+    Results come newest first, records of one time by origin, then by seq from the highest. The
+    times are bounds in the stored format (``audit/record.py`` ``render_time``: UTC, milliseconds,
+    ``Z``; ``audit/reading.py`` ``parse_time_bound`` makes one), compared as strings:
+    ``time_from`` inclusive, ``time_to`` exclusive. ``after`` continues an earlier search from
+    past its last result; ``limit`` is 1..``MAX_SEARCH_LIMIT``.
+    """
 
     origin: str | None = None
     subject: str | None = None
@@ -73,6 +112,7 @@ class RecordQuery:
     time_from: str | None = None
     time_to: str | None = None
     limit: int = 100
+    after: SearchCursor | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -171,7 +211,10 @@ class AuditStore(Protocol):
         """
 
     async def fetch_origins(self) -> list[str]:
-        """Every origin that has a log in this store, sorted."""
+        """Every origin with a head, a record or a checkpoint in this store, sorted.
+
+        Not the heads alone: a log whose head row is lost must still be listed, and verified.
+        """
         ...
 
     async def fetch_head(self, origin: str) -> LogHead | None:
@@ -195,7 +238,11 @@ class AuditStore(Protocol):
         """Return the newest checkpoint of the origin, or None."""
 
     async def search_entries(self, query: RecordQuery) -> list[LogEntry]:
-        """Return records matching every filter of ``query``, newest first, at most ``query.limit``."""
+        """Return records matching every filter of ``query``, newest first, at most ``query.limit``.
+
+        Raises:
+            StorageError: the store cannot be read, or ``query.limit`` is outside 1..``MAX_SEARCH_LIMIT``.
+        """
 
     async def prune_entries(self, origin: str, tree_size: int) -> int:
         """Delete records with ``seq < tree_size``; a checkpoint at ``tree_size`` must be stored.

@@ -1,8 +1,10 @@
 """PostgreSQL implementation of ``AuditStore`` over an asyncpg pool, one transaction per batch.
 
 Owns connection pooling, the optional schema (``search_path``) a store lives in, running the
-postgres migrations under an advisory lock, and translating asyncpg errors into StorageError.
-Durability is PostgreSQL's own (``synchronous_commit`` must stay on; it is checked at open).
+postgres migrations under an advisory lock (or, opened without creating, checking that none is
+pending), and translating asyncpg errors into StorageError. Durability is PostgreSQL's own
+(``synchronous_commit`` must stay on; it is checked at open). Opened ``READ_ONLY``, every
+transaction is read-only (``default_transaction_read_only``), so read-only credentials suffice.
 """
 
 from __future__ import annotations
@@ -20,8 +22,16 @@ import asyncpg
 from bastion.audit.entry import LogEntry, StoredCheckpoint
 from bastion.errors import StorageError
 from bastion.storage import _sql
-from bastion.storage.base import AppendBatch, LogHead, RecordQuery, iterate_pages, unpack_frontier
-from bastion.storage.migrate import SCHEMA_MIGRATIONS_SQL, pending_migrations
+from bastion.storage.base import (
+    AppendBatch,
+    LogHead,
+    OpenMode,
+    RecordQuery,
+    UnpreparedStoreError,
+    iterate_pages,
+    unpack_frontier,
+)
+from bastion.storage.migrate import SCHEMA_MIGRATIONS_SQL, pending_migrations, require_migrated
 
 if TYPE_CHECKING:
     from bastion.storage.postgres_approvals import PostgresApprovalStore
@@ -33,7 +43,6 @@ _SCHEMA_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 _MIGRATION_LOCK = 0x6261_7374  # "bast": serialises migrations of concurrent gateway starts
 POOL_MIN_SIZE = 1
 POOL_MAX_SIZE = 10
-
 
 
 @contextlib.contextmanager
@@ -66,8 +75,9 @@ def _attached(conn: asyncpg.pool.PoolConnectionProxy) -> bool:
 class PostgresStore:
     """``AuditStore`` over PostgreSQL; create with ``await PostgresStore.open(dsn, schema=...)``."""
 
-    def __init__(self, pool: asyncpg.Pool) -> None:
+    def __init__(self, pool: asyncpg.Pool, *, read_only: bool = False) -> None:
         self._pool = pool
+        self._read_only = read_only
         self._queued: list[tuple[_sql.AppendRows, asyncio.Future[None]]] = []
         self._committer: asyncio.Task[None] | None = None
         self._appender: asyncpg.pool.PoolConnectionProxy | None = None
@@ -75,10 +85,14 @@ class PostgresStore:
         self._closed = False
 
     @classmethod
-    async def open(cls, dsn: str, *, schema: str | None = None, max_size: int = POOL_MAX_SIZE) -> PostgresStore:
-        """Connect, create ``schema`` if given, and apply pending migrations.
+    async def open(
+        cls, dsn: str, *, schema: str | None = None, max_size: int = POOL_MAX_SIZE, mode: OpenMode = OpenMode.CREATE
+    ) -> PostgresStore:
+        """Connect; create ``schema`` if given and apply pending migrations, or, by ``mode``, check that neither is needed.
 
         Raises:
+            UnpreparedStoreError: without ``OpenMode.CREATE``: ``schema`` does not exist, or holds no
+                Bastion schema or an older one.
             StorageError: the server is unreachable, the schema name is invalid, a migration fails
                 or ``synchronous_commit`` is off (commits would not be durable).
         """
@@ -87,21 +101,39 @@ class PostgresStore:
             if not _SCHEMA_NAME.match(schema):
                 raise StorageError(f"invalid schema name {schema!r}")
             settings["search_path"] = schema
+        if mode is OpenMode.READ_ONLY:
+            settings["default_transaction_read_only"] = "on"
         with _translated("cannot connect to PostgreSQL"):
-            if schema is not None:
+            if schema is not None and mode is OpenMode.CREATE:
                 conn = await asyncpg.connect(dsn)
                 try:
                     await conn.execute(f"CREATE SCHEMA IF NOT EXISTS {schema}")
                 finally:
                     await conn.close()
             pool = await asyncpg.create_pool(dsn, min_size=POOL_MIN_SIZE, max_size=max_size, server_settings=settings)
-        store = cls(pool)
+        store = cls(pool, read_only=mode is OpenMode.READ_ONLY)
         try:
-            await store._prepare()
+            if mode is OpenMode.CREATE:
+                await store._prepare()
+            else:
+                await store._check_migrated(schema)
         except BaseException:
             await pool.close()
             raise
         return store
+
+    async def _check_migrated(self, schema: str | None) -> None:
+        where = f"PostgreSQL schema {schema!r}" if schema is not None else "the PostgreSQL search_path"
+        with _translated("cannot read the PostgreSQL schema"):
+            async with self._pool.acquire() as conn:
+                if schema is not None and await conn.fetchval("SELECT 1 FROM pg_namespace WHERE nspname = $1", schema) is None:
+                    raise UnpreparedStoreError(f"{where} does not exist; check the store URL")
+                applied = None
+                if await conn.fetchval("SELECT to_regclass('schema_migrations')") is not None:
+                    applied = {r[0] for r in await conn.fetch("SELECT version FROM schema_migrations")}
+                require_migrated("postgres", applied, where)
+                if not self._read_only and await conn.fetchval("SHOW synchronous_commit") == "off":
+                    raise StorageError("synchronous_commit is off; audit commits would not be durable")
 
     async def _prepare(self) -> None:
         with _translated("PostgreSQL migration failed"):
@@ -158,6 +190,8 @@ class PostgresStore:
         """Queue records, checkpoints and head for one transaction; see ``AuditStore.append_batch``."""
         if self._closed:
             raise StorageError("PostgreSQL store is closed")
+        if self._read_only:
+            raise StorageError("PostgreSQL store is opened read-only")
         rows = _sql.AppendRows.of(batch)
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._queued.append((rows, future))
@@ -212,9 +246,8 @@ class PostgresStore:
             raise
 
     async def fetch_origins(self) -> list[str]:
-        """Every origin that has a log in this store, sorted."""
-        rows = await self._fetch("cannot list origins", "SELECT origin FROM log_heads ORDER BY origin")
-        return [row[0] for row in rows]
+        """Every origin with a head, a record or a checkpoint, sorted; see ``AuditStore.fetch_origins``."""
+        return [row[0] for row in await self._fetch("cannot list origins", _sql.ORIGINS_SQL)]
 
     async def fetch_head(self, origin: str) -> LogHead | None:
         """Return the origin's stored head, or None."""

@@ -7,7 +7,8 @@ commit is on the disk are merged when each continues the one before, and the thr
 them as soon as that commit returns, without a trip through the event loop. Committed records
 are filed into the search index afterwards, off the durable commit (migration 0006). Reads of a
 file database use separate connections in a small executor; an in-memory database serves reads
-on the writer thread, since its data is invisible to other connections.
+on the writer thread, since its data is invisible to other connections. Opened ``READ_ONLY``, a
+store has no writer thread at all, and its readers open the file read-only.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import os
 import queue
 import sqlite3
 import threading
@@ -23,16 +25,25 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any, TypeVar
+from urllib.parse import quote
 
 from bastion.audit.entry import LogEntry, StoredCheckpoint
 from bastion.errors import StorageError
 from bastion.storage import _sql
-from bastion.storage.base import AppendBatch, LogHead, RecordQuery, iterate_pages, unpack_frontier
+from bastion.storage.base import (
+    AppendBatch,
+    LogHead,
+    OpenMode,
+    RecordQuery,
+    UnpreparedStoreError,
+    iterate_pages,
+    unpack_frontier,
+)
 from bastion.storage.sqlite_approvals import SqliteApprovalStore
 from bastion.storage.sqlite_keys import SqliteApiKeyStore
 from bastion.storage.sqlite_pins import SqliteToolPinStore
 from bastion.storage.sqlite_search import SearchFiler
-from bastion.storage.sqlite_setup import migrate, use_wal
+from bastion.storage.sqlite_setup import check_migrated, migrate, use_wal
 from bastion.storage.sqlite_timestamps import SqliteCheckpointTimestampStore
 
 T = TypeVar("T")
@@ -65,8 +76,14 @@ def _settle(future: asyncio.Future[Any], ok: bool, value: Any) -> None:
         future.set_exception(value)
 
 
-def _connect(path: str) -> sqlite3.Connection:
-    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=BUSY_TIMEOUT_S)
+def _connect(path: str, mode: OpenMode) -> sqlite3.Connection:
+    """A connection to ``path``. Without ``OpenMode.CREATE``, SQLite itself refuses to create the
+    file (a URI with ``mode=rw``), and under ``READ_ONLY`` to write to it (``mode=ro``)."""
+    if mode is OpenMode.CREATE or path == MEMORY:
+        target, uri = path, False
+    else:
+        target, uri = f"file:{quote(os.path.abspath(path))}?mode={'ro' if mode is OpenMode.READ_ONLY else 'rw'}", True
+    conn = sqlite3.connect(target, isolation_level=None, check_same_thread=False, timeout=BUSY_TIMEOUT_S, uri=uri)
     conn.execute("PRAGMA foreign_keys = ON")
     return conn
 
@@ -111,8 +128,9 @@ def _units(writes: list[_Job]) -> list[tuple[Callable[[sqlite3.Connection], Any]
 class SqliteStore:
     """``AuditStore`` over one SQLite file (or ``:memory:`` for tests); create with ``await SqliteStore.open(path)``."""
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, mode: OpenMode = OpenMode.CREATE) -> None:
         self._path = path
+        self._mode = mode
         self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._serve, name=f"bastion-sqlite-writer:{path}", daemon=True)
         self._signal_ready: Callable[[bool, Any], None] = lambda ok, value: None
@@ -125,13 +143,28 @@ class SqliteStore:
         """The writer thread's, from when it has opened the database."""
 
     @classmethod
-    async def open(cls, path: str) -> SqliteStore:
-        """Open (creating if needed) and migrate the database at ``path``.
+    async def open(cls, path: str, mode: OpenMode = OpenMode.CREATE) -> SqliteStore:
+        """Open the database at ``path``: create and migrate it, or, by ``mode``, check that it needs neither.
 
         Raises:
+            UnpreparedStoreError: without ``OpenMode.CREATE``: no file at ``path`` (or ``:memory:``,
+                which is new on every open), no Bastion schema in it, or an older one.
             StorageError: the file cannot be opened or a migration fails.
         """
-        store = cls(path)
+        if mode is not OpenMode.CREATE:
+            if path == MEMORY:
+                raise UnpreparedStoreError("an in-memory SQLite store is new and empty on every open; name a database file")
+            if not os.path.isfile(path):
+                raise UnpreparedStoreError(f"no SQLite database at {path}; check the store URL")
+        store = cls(path, mode)
+        if mode is OpenMode.READ_ONLY:
+            store._reader_pool = ThreadPoolExecutor(READ_THREADS, thread_name_prefix="bastion-sqlite-reader")
+            try:
+                await store._read(functools.partial(check_migrated, path=path))
+            except BaseException:
+                await store.aclose()
+                raise
+            return store
         loop = asyncio.get_running_loop()
         ready: asyncio.Future[None] = loop.create_future()
 
@@ -154,27 +187,31 @@ class SqliteStore:
     def _serve(self) -> None:
         opened: list[sqlite3.Connection] = []
         try:
-            conn = _connect(self._path)
+            conn = _connect(self._path, self._mode)
             opened.append(conn)
+            if self._mode is not OpenMode.CREATE:
+                check_migrated(conn, self._path)  # before anything is written to a file that may not be a store
             if self._path != MEMORY:
                 use_wal(conn, BUSY_TIMEOUT_S)
             conn.execute("PRAGMA synchronous = FULL")
-            migrate(conn)
+            if self._mode is OpenMode.CREATE:
+                migrate(conn)
             if self._path == MEMORY:
                 filing = conn  # nothing reaches a disk; a second connection would see another database
             else:
                 # Filing need not wait for the disk: a crash loses filing, which the next open
                 # finds and does again. In WAL mode the next durable commit's fsync covers it anyway.
-                filing = _connect(self._path)
+                filing = _connect(self._path, self._mode)
                 opened.append(filing)
                 filing.execute("PRAGMA synchronous = NORMAL")
                 filing.execute("PRAGMA busy_timeout = 0")
             filer = self._filer = SearchFiler(filing)
             filer.find_unfiled()
-        except sqlite3.Error as exc:
+        except (sqlite3.Error, UnpreparedStoreError) as exc:
             for connection in reversed(opened):
                 connection.close()
-            self._signal_ready(False, _translate(exc, "cannot open SQLite store"))
+            failure = exc if isinstance(exc, UnpreparedStoreError) else _translate(exc, "cannot open SQLite store")
+            self._signal_ready(False, failure)
             return
         self._signal_ready(True, None)
         try:
@@ -274,6 +311,8 @@ class SqliteStore:
         """Queue a job for the writer thread now; the future settles when it has run."""
         if self._closed:
             raise StorageError("SQLite store is closed")
+        if self._mode is OpenMode.READ_ONLY:
+            raise StorageError("SQLite store is opened read-only")
         loop = asyncio.get_running_loop()
         future: asyncio.Future[T] = loop.create_future()
         self._jobs.put(_Job(run, future, loop, write, append))
@@ -294,7 +333,7 @@ class SqliteStore:
         conn: sqlite3.Connection | None = getattr(self._reader_local, "conn", None)
         if conn is None:
             try:
-                conn = _connect(self._path)
+                conn = _connect(self._path, self._mode)
             except sqlite3.Error as exc:
                 return False, _translate(exc, "cannot open SQLite reader")
             self._reader_local.conn = conn
@@ -332,12 +371,8 @@ class SqliteStore:
         return self._submit(functools.partial(_append_rows, rows=rows), write=True, append=rows)
 
     async def fetch_origins(self) -> list[str]:
-        """Every origin that has a log in this store, sorted."""
-
-        def run(conn: sqlite3.Connection) -> list[str]:
-            return [row[0] for row in conn.execute("SELECT origin FROM log_heads ORDER BY origin")]
-
-        return await self._read(run)
+        """Every origin with a head, a record or a checkpoint, sorted; see ``AuditStore.fetch_origins``."""
+        return await self._read(lambda c: [row[0] for row in c.execute(_sql.ORIGINS_SQL)])
 
     async def fetch_head(self, origin: str) -> LogHead | None:
         """Return the origin's stored head, or None."""
@@ -406,8 +441,9 @@ class SqliteStore:
         if self._closed:
             return
         self._closed = True
-        self._jobs.put(None)
-        await asyncio.to_thread(self._thread.join)
+        if self._thread.is_alive():  # not started when opened read-only
+            self._jobs.put(None)
+            await asyncio.to_thread(self._thread.join)
         if self._reader_pool is not None:
             await asyncio.to_thread(self._reader_pool.shutdown)
         with self._reader_lock:

@@ -1,4 +1,5 @@
-"""Preparing a SQLite file for the store: WAL mode and the schema migrations.
+"""Preparing a SQLite file for the store: WAL mode and the schema migrations, or checking that a
+file opened without preparing it (``OpenMode.EXISTING``, ``READ_ONLY``) needs none.
 
 Several processes may open one new file at once (gateway instances, CLI readers): the switch to
 WAL is retried while another opener holds the file, and each migration is asked for again under
@@ -13,7 +14,7 @@ import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
 
-from bastion.storage.migrate import SCHEMA_MIGRATIONS_SQL, pending_migrations
+from bastion.storage.migrate import SCHEMA_MIGRATIONS_SQL, pending_migrations, require_migrated
 from bastion.storage.sqlite_search import is_busy
 
 
@@ -59,6 +60,18 @@ def migrate(conn: sqlite3.Connection) -> None:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
             raise
+
+
+def check_migrated(conn: sqlite3.Connection, path: str) -> None:
+    """Refuse the database unless every migration of this code is applied; reads only.
+
+    Raises:
+        UnpreparedStoreError: no Bastion schema, or an older one.
+        sqlite3.Error: the file cannot be read (or is not a database).
+    """
+    found = conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'schema_migrations'").fetchone()
+    applied = None if found is None else {row[0] for row in conn.execute("SELECT version FROM schema_migrations")}
+    require_migrated("sqlite", applied, f"SQLite database {path}")
 
 
 def migration_statements(script: str) -> Iterator[str]:

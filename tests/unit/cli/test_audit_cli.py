@@ -3,17 +3,15 @@
 from __future__ import annotations
 
 import asyncio
-import itertools
 import json
 import os
 import stat
-from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
+from tests.unit.cli.audit_logs import KEY, ORIGIN, READER, append_interactions
 from tests.unit.cli.support import run_audit as run
 from tests.unit.cli.support import sqlite_rows
 
@@ -26,65 +24,10 @@ from bastion.audit.keys import (
     render_signing_key,
     render_vkey,
 )
-from bastion.audit.log import AuditLog, CheckpointPolicy
-from bastion.audit.record import AuditEvent, EventKind, Outcome
 from bastion.storage import open_store
 
-ORIGIN = "gw.test/log"
-READER = f"{ORIGIN}/cli"
-"""Where the reading commands record themselves here (signed with KEY, so the ring covers it)."""
-KEY = SigningKey(ORIGIN, bytes(range(32)))
 OTHER_KEY = SigningKey(ORIGIN, bytes(range(1, 33)))
-EVERY = CheckpointPolicy(every_records=4, every_s=3600, heartbeat_s=3600)
 WAIT_S = 5.0
-T0 = datetime(2026, 7, 1, 12, 0, tzinfo=UTC)
-
-
-def ticking_clock(start: datetime) -> Callable[[], datetime]:
-    """A clock that moves one second per reading, so every record gets its own time."""
-    ticks = itertools.count()
-    return lambda: start + timedelta(seconds=next(ticks))
-
-
-async def append_interactions(url: str, count: int, *, start: int = 0, subject: str | None = None) -> None:
-    """Append ``count`` request/response pairs (alternating alice/bob, search/fetch) through AuditLog."""
-    store = await open_store(url)
-    clock = ticking_clock(T0 + timedelta(minutes=start))
-    log = AuditLog(store, origin=ORIGIN, signing_key=KEY, checkpoints=EVERY, clock=clock)
-    await log.start()
-    try:
-        for i in range(start, start + count):
-            who = subject or ("alice" if i % 2 == 0 else "bob")
-            tool = "search" if i % 2 == 0 else "fetch"
-            request = await log.append(
-                AuditEvent(
-                    kind=EventKind.REQUEST,
-                    subject=who,
-                    method="tools/call",
-                    name=tool,
-                    session_id=f"s-{i % 2}",
-                    arguments={"q": i},
-                    jsonrpc_id=i,
-                )
-            )
-            denied = i % 3 == 2
-            await log.append(
-                AuditEvent(
-                    kind=EventKind.RESPONSE,
-                    outcome=Outcome.DENIED if denied else Outcome.OK,
-                    subject=who,
-                    method="tools/call",
-                    name=tool,
-                    session_id=f"s-{i % 2}",
-                    request_seq=request.seq,
-                    rule_id="deny-every-third" if denied else "allow-all",
-                    action="deny" if denied else "allow",
-                    result=None if denied else {"content": [{"type": "text", "text": f"r{i}"}]},
-                )
-            )
-    finally:
-        await log.aclose()
-        await store.aclose()
 
 
 @dataclass

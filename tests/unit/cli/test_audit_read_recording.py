@@ -285,9 +285,9 @@ def test_tail_follow_is_recorded_once_at_the_start_when_following(
     following = reading.follow_entries
     polls: list[bool] = []
 
-    def one_pass(store: AuditStore, origin: str, start: int, poll_s: float, follow: bool) -> Any:
+    def one_pass(store: AuditStore, origin: str, start: int, poll_s: float, follow: bool, **options: Any) -> Any:
         polls.append(follow)
-        return following(store, origin, start, poll_s, False)  # stop after the stored records
+        return following(store, origin, start, poll_s, False, **options)  # stop after the stored records
 
     monkeypatch.setattr(reading, "follow_entries", one_pass)
     code, out, _ = run(capsys, "tail", "--origin", ORIGIN, "--last", "2", "-f", "--json", "--store", log.url, *log.rec)
