@@ -1,51 +1,43 @@
 """Sinks: copies of committed audit records streamed to a SIEM (JSON Lines, OTLP/HTTP logs, syslog).
 
-Owns the ``audit.sinks`` settings (``SinkSettings``), the three sink kinds and ``SinkFanout``, which
-the writer (audit/log.py) hands every committed batch. A sink is best-effort by design: each has a
-bounded buffer and counts what it drops; a slow or dead sink never blocks or fails a call, because
-the durable store stays the source of truth (an auditor re-reads gaps from it by origin and seq).
-Records are already masked when committed; nothing here masks, signs or verifies.
+Owns the ``audit.sinks`` settings (``SinkSettings``), the three sink kinds, what "sent" means for
+each transport, and ``SinkFanout``, which the writer (audit/log.py) hands every committed batch.
+A sink is best-effort by design: a slow or dead sink never blocks or fails a call, because the
+durable store stays the source of truth (an auditor re-reads gaps from it by origin and seq).
+Buffering and counting are audit/sink_delivery.py's, wire formats audit/sink_format.py's; records
+are already masked when committed, and nothing here masks, signs or verifies. See docs/audit-sinks.md.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import logging
 import os
-import re
 import socket
+import struct
 import sys
+import termios
 from collections.abc import Sequence
-from dataclasses import dataclass
-from datetime import datetime
 from pathlib import Path
-from typing import IO, Annotated, Any, Literal
+from typing import IO, Annotated, Literal
 
 import httpx
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
 from bastion.audit.entry import LogEntry
+from bastion.audit.sink_delivery import DeliveryError, Sink, render_in_slices
+from bastion.audit.sink_format import (
+    SinkRecord,
+    render_json_line,
+    render_otlp_record,
+    render_otlp_request,
+    render_syslog_message,
+)
 
 log = logging.getLogger(__name__)
-
-SYSLOG_ENTERPRISE_ID = 32473
-"""SD-ID suffix: 32473 is the private enterprise number reserved for documentation (RFC 5612)."""
-
-_UNSAFE_TEXT = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
-"""Characters a line-oriented reader may treat as a break or that reorder text (log injection)."""
-
-
-def escape_json_text(text: str) -> str:
-    """Escape C0/C1 controls, DEL, U+2028/2029 and bidi controls as ``\\uXXXX``.
-
-    Preconditions: ``text`` is serialised JSON. JSON has no bare control characters outside
-    strings and ``\\uXXXX`` inside a string decodes to the same character, so the JSON value is
-    unchanged while the text can no longer break or disguise a line.
-    """
-    return _UNSAFE_TEXT.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
-
 
 # -- settings --------------------------------------------------------------------------------------
 
@@ -53,46 +45,49 @@ def escape_json_text(text: str) -> str:
 class _SinkBase(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    name: str | None = Field(default=None, min_length=1, max_length=64)
-    """Label in logs and metrics; defaults to the sink type."""
-    max_buffer_records: int = Field(default=10_000, ge=1)
-    """Records held for this sink; beyond that new records are dropped and counted."""
-    max_batch_records: int = Field(default=256, ge=1)
-    drain_timeout_s: float = Field(default=5.0, ge=0)
-    """At shutdown, how long the buffered records may take to go out before they are dropped."""
+    name: str | None = Field(default=None, min_length=1, max_length=64,
+                             description="Label in logs and metrics (`sink=\"...\"`); defaults to the type.")
+    max_buffer_records: int = Field(default=10_000, ge=1,
+                                    description="Records held for this sink; beyond that new ones are dropped and counted.")
+    max_batch_records: int = Field(default=256, ge=1, description="Most records sent in one delivery.")
+    drain_timeout_s: float = Field(default=5.0, ge=0,
+                                   description="At shutdown, how long buffered records may take to go out before "
+                                   "they are dropped.")
 
 
 class JsonLinesSinkSettings(_SinkBase):
     """One JSON object per line, appended to ``path`` (or written to stdout when ``path`` is ``-``)."""
 
     type: Literal["jsonl"]
-    path: str = Field(default="-", min_length=1)
+    path: str = Field(default="-", min_length=1, description="File to append to (opened on first write); `-` is stdout.")
 
 
 class OtlpSinkSettings(_SinkBase):
     """OpenTelemetry logs over OTLP/HTTP with the JSON encoding: POST ``<endpoint>/v1/logs``."""
 
     type: Literal["otlp"]
-    endpoint: str = Field(pattern=r"^https?://")
-    headers: dict[str, SecretStr] = {}
-    """Sent with every export, e.g. an ``authorization`` token."""
-    service_name: str = "bastion"
-    timeout_s: float = Field(default=10.0, gt=0)
+    endpoint: str = Field(pattern=r"^https?://", description="Collector base URL; records go to `<endpoint>/v1/logs`.")
+    headers: dict[str, SecretStr] = Field(default={}, description="Sent with every export, e.g. an `authorization` token.")
+    service_name: str = Field(default="bastion", description="The `service.name` resource attribute.")
+    timeout_s: float = Field(default=10.0, gt=0, description="Time allowed for one export, connecting included.")
 
 
 class SyslogSinkSettings(_SinkBase):
     """RFC 5424 messages over UDP (RFC 5426, one per datagram) or TCP (RFC 6587 octet counting)."""
 
     type: Literal["syslog"]
-    host: str = Field(min_length=1)
-    port: int = Field(default=514, ge=1, le=65535)
-    protocol: Literal["udp", "tcp"] = "udp"
-    facility: int = Field(default=13, ge=0, le=23)
-    """13 is "log audit" (RFC 5424 §6.2.1)."""
-    app_name: str = Field(default="bastion", pattern=r"^[!-~]{1,48}$")
-    max_message_bytes: int = Field(default=8192, ge=480, le=65_000)
-    """A larger record is sent as a summary (origin, seq, kind, leaf hash) marked ``truncated``."""
-    timeout_s: float = Field(default=5.0, gt=0)
+    host: str = Field(min_length=1, description="Syslog receiver host name or address.")
+    port: int = Field(default=514, ge=1, le=65535, description="Syslog receiver port.")
+    protocol: Literal["udp", "tcp"] = Field(default="udp", description="`udp`: one message per datagram (RFC 5426); "
+                                            "`tcp`: octet-counted frames (RFC 6587).")
+    facility: int = Field(default=13, ge=0, le=23, description="13 is \"log audit\" (RFC 5424 §6.2.1).")
+    app_name: str = Field(default="bastion", pattern=r"^[!-~]{1,48}$", description="The APP-NAME header field.")
+    max_message_bytes: int = Field(default=8192, ge=480, le=65_000,
+                                   description="A larger record is sent as a summary (origin, seq, kind, outcome, "
+                                   "leaf hash) marked `truncated`.")
+    timeout_s: float = Field(default=5.0, gt=0,
+                             description="Time allowed to resolve `host` and, over TCP, to connect and have a batch "
+                             "acknowledged by the receiver's TCP stack.")
 
 
 SinkSettings = Annotated[
@@ -104,173 +99,52 @@ SinkSettings = Annotated[
 # -- sinks -----------------------------------------------------------------------------------------
 
 
-@dataclass(slots=True)
-class SinkStats:
-    """Counters for /metrics; they only grow."""
-
-    records_sent: int = 0
-    records_dropped: int = 0
-    """Dropped because the buffer was full, delivery failed or shutdown cut the drain short."""
-    delivery_failures: int = 0
-
-
-class Sink:
-    """A bounded buffer plus one delivery task; subclasses implement ``_deliver`` (and ``_close``)."""
-
-    def __init__(self, name: str, *, max_buffer_records: int, max_batch_records: int, drain_timeout_s: float) -> None:
-        self.name = name
-        self.stats = SinkStats()
-        self._queue: asyncio.Queue[LogEntry] = asyncio.Queue(max_buffer_records)
-        self._max_batch = max_batch_records
-        self._drain_timeout_s = drain_timeout_s
-        self._task: asyncio.Task[None] | None = None
-
-    def start(self) -> None:
-        """Start the delivery task (call on the event loop that will offer records)."""
-        if self._task is None:
-            self._task = asyncio.create_task(self._serve(), name=f"audit-sink:{self.name}")
-
-    def offer(self, entries: Sequence[LogEntry]) -> None:
-        """Buffer ``entries`` without waiting; what does not fit is dropped and counted."""
-        for index, entry in enumerate(entries):
-            try:
-                self._queue.put_nowait(entry)
-            except asyncio.QueueFull:
-                self._count_dropped(len(entries) - index, "buffer full")
-                return
-
-    async def aclose(self) -> None:
-        """Deliver what is buffered (for at most ``drain_timeout_s``), then stop and release."""
-        task, self._task = self._task, None
-        if task is not None:
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(self._drain_timeout_s):
-                    await self._queue.join()
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        left = self._queue.qsize()
-        if left:
-            self._count_dropped(left, "shutdown")
-        await self._close()
-
-    async def _serve(self) -> None:
-        while True:
-            batch = [await self._queue.get()]
-            while len(batch) < self._max_batch and not self._queue.empty():
-                batch.append(self._queue.get_nowait())
-            try:
-                await self._deliver(batch)
-                self.stats.records_sent += len(batch)
-            except asyncio.CancelledError:
-                self._count_dropped(len(batch), "shutdown")
-                raise
-            except Exception as exc:
-                self.stats.delivery_failures += 1
-                self._count_dropped(len(batch), f"delivery failed: {type(exc).__name__}")
-            finally:
-                for _ in batch:
-                    self._queue.task_done()
-
-    def _count_dropped(self, count: int, reason: str) -> None:
-        self.stats.records_dropped += count
-        log.warning("audit sink %s dropped %d records (%s)", self.name, count, reason)
-
-    async def _deliver(self, batch: list[LogEntry]) -> None:
-        raise NotImplementedError
-
-    async def _close(self) -> None:
-        return None
-
-
-def _body(entry: LogEntry) -> Any:
-    try:
-        return orjson.loads(entry.body)
-    except orjson.JSONDecodeError:
-        return None
-
-
-def render_json_line(entry: LogEntry) -> str:
-    """One record as one line of JSON (no newline inside; control characters escaped)."""
-    doc = {"origin": entry.origin, "seq": entry.seq, "time": entry.time, "kind": entry.kind,
-           "leaf_hash": entry.leaf_hash.hex(), "record": _body(entry)}
-    return escape_json_text(orjson.dumps(doc).decode()) + "\n"
-
-
 class JsonLinesSink(Sink):
-    """Appends one line per record to a file (opened on first write) or to stdout."""
+    """Appends one line per record to a file (opened on first write) or to stdout.
+
+    Sent: the batch's lines were written and flushed to the operating system (not fsynced).
+    """
 
     def __init__(self, settings: JsonLinesSinkSettings) -> None:
         super().__init__(settings.name or "jsonl", max_buffer_records=settings.max_buffer_records,
                          max_batch_records=settings.max_batch_records, drain_timeout_s=settings.drain_timeout_s)
-        self._path = settings.path
-        self._handle: IO[str] | None = None
+        self._path = None if settings.path == "-" else Path(settings.path)
+        self._file: IO[bytes] | None = None
 
-    async def _deliver(self, batch: list[LogEntry]) -> None:
-        text = "".join(render_json_line(entry) for entry in batch)
-        await asyncio.to_thread(self._write, text)  # file writes block; keep them off the loop
+    async def _deliver(self, batch: list[SinkRecord]) -> None:
+        # Encoded in the render slices too: in one go, megabytes of text would hold the GIL at length.
+        lines = await render_in_slices(lambda record: render_json_line(record).encode(), batch)
+        await asyncio.to_thread(self._write, lines)  # file writes block; keep them off the loop
 
-    def _write(self, text: str) -> None:
-        if self._handle is None:
-            # kept open across batches and closed in _close
-            self._handle = sys.stdout if self._path == "-" else Path(self._path).open("a", encoding="utf-8")
-        self._handle.write(text)
-        self._handle.flush()
+    def _write(self, lines: list[bytes]) -> None:
+        if self._path is None:
+            sys.stdout.flush()  # text printed before goes first, whole
+            sys.stdout.buffer.writelines(lines)
+            sys.stdout.buffer.flush()
+            return
+        if self._file is None:
+            self._file = self._path.open("ab")  # kept open across batches and closed in _close
+        try:
+            self._file.writelines(lines)
+            self._file.flush()
+        except OSError:
+            # A file that refused part of a batch would write that part late, with the next one.
+            file, self._file = self._file, None
+            with contextlib.suppress(OSError):
+                file.close()
+            raise
 
     async def _close(self) -> None:
-        if self._handle is not None and self._handle is not sys.stdout:
-            await asyncio.to_thread(self._handle.close)
-        self._handle = None
-
-
-def _unix_nano(rfc3339: str) -> str:
-    moment = datetime.fromisoformat(rfc3339)  # Python 3.11+ reads the trailing Z
-    return str(int(moment.timestamp()) * 1_000_000_000 + moment.microsecond * 1000)
-
-
-def _attr(key: str, value: str | int) -> dict[str, Any]:
-    # proto3 JSON mapping: int64 travels as a decimal string.
-    return {"key": key, "value": {"intValue": str(value)} if isinstance(value, int) else {"stringValue": value}}
-
-
-_TRACEPARENT = re.compile(r"^[0-9a-f]{2}-([0-9a-f]{32})-([0-9a-f]{16})-[0-9a-f]{2}$")
-
-
-def render_otlp_record(entry: LogEntry) -> dict[str, Any]:
-    """One record as an OTLP ``LogRecord`` (JSON encoding); the body is the record's canonical JSON."""
-    body = _body(entry)
-    doc = body if isinstance(body, dict) else {}
-    outcome = doc.get("outcome")
-    denied = outcome in ("denied", "error", "upstream_failed")
-    attributes = [_attr("bastion.origin", entry.origin), _attr("bastion.seq", entry.seq),
-                  _attr("bastion.kind", entry.kind), _attr("bastion.leaf_hash", entry.leaf_hash.hex())]
-    if isinstance(outcome, str):
-        attributes.append(_attr("bastion.outcome", outcome))
-    record: dict[str, Any] = {
-        "timeUnixNano": _unix_nano(entry.time),
-        "severityNumber": 13 if denied else 9,  # WARN / INFO (OTel logs data model)
-        "severityText": "WARN" if denied else "INFO",
-        "body": {"stringValue": entry.body.decode("utf-8", errors="replace")},
-        "attributes": attributes,
-    }
-    correlation = doc.get("correlation")
-    traceparent = correlation.get("traceparent") if isinstance(correlation, dict) else None
-    match = _TRACEPARENT.match(traceparent) if isinstance(traceparent, str) else None
-    if match is not None:  # OTLP/JSON carries trace and span ids as hex, not base64
-        record["traceId"], record["spanId"] = match.group(1), match.group(2)
-    return record
-
-
-def render_otlp_request(entries: Sequence[LogEntry], service_name: str) -> dict[str, Any]:
-    """An ``ExportLogsServiceRequest`` (OTLP/HTTP JSON) holding ``entries``."""
-    return {"resourceLogs": [{
-        "resource": {"attributes": [_attr("service.name", service_name)]},
-        "scopeLogs": [{"scope": {"name": "bastion.audit"}, "logRecords": [render_otlp_record(e) for e in entries]}],
-    }]}
+        if self._file is not None:
+            await asyncio.to_thread(self._file.close)
+            self._file = None
 
 
 class OtlpSink(Sink):
-    """POSTs batches to ``<endpoint>/v1/logs``; a non-2xx answer counts as a failed delivery."""
+    """POSTs batches to ``<endpoint>/v1/logs``.
+
+    Sent: the collector answered 2xx, less the records its ``partialSuccess`` reports rejected.
+    """
 
     def __init__(self, settings: OtlpSinkSettings, http_client: httpx.AsyncClient) -> None:
         super().__init__(settings.name or "otlp", max_buffer_records=settings.max_buffer_records,
@@ -282,58 +156,55 @@ class OtlpSink(Sink):
         self._timeout_s = settings.timeout_s
         self._client = http_client
 
-    async def _deliver(self, batch: list[LogEntry]) -> None:
-        content = orjson.dumps(render_otlp_request(batch, self._service))
+    async def _deliver(self, batch: list[SinkRecord]) -> None:
+        log_records = await render_in_slices(render_otlp_record, batch)
+        content = await asyncio.to_thread(render_otlp_request, log_records, self._service)  # megabytes to copy
         response = await self._client.post(self._url, content=content, headers=self._headers, timeout=self._timeout_s)
         response.raise_for_status()
+        rejected = min(_rejected_log_records(response.content), len(batch))
+        if rejected > 0:
+            raise DeliveryError(len(batch) - rejected, "collector rejected records (partialSuccess)")
 
 
-def _printable(text: str, limit: int) -> str:
-    """RFC 5424 header fields are PRINTUSASCII (33-126); anything else becomes ``_``."""
-    cleaned = "".join(c if "!" <= c <= "~" else "_" for c in text)[:limit]
-    return cleaned or "-"
+def _rejected_log_records(answer: bytes) -> int:
+    """``partialSuccess.rejectedLogRecords`` of an ``ExportLogsServiceResponse`` (int64: a string or a number)."""
+    try:
+        doc = orjson.loads(answer)
+        return int(doc["partialSuccess"]["rejectedLogRecords"])
+    except (orjson.JSONDecodeError, TypeError, KeyError, ValueError):
+        return 0  # no body, no partialSuccess or none rejected: a 2xx answer accepts the whole batch
 
 
-def _sd_value(text: str) -> str:
-    """Escape an SD-PARAM value (RFC 5424 §6.3.3) and its control characters."""
-    return escape_json_text(text.replace("\\", "\\\\").replace('"', '\\"').replace("]", "\\]"))
+def _unacknowledged_bytes(writer: asyncio.StreamWriter) -> int:
+    """Bytes written to this TCP socket that the peer's TCP has not acknowledged (Linux SIOCOUTQ)."""
+    if sys.platform != "linux":
+        return 0  # SIOCOUTQ is Linux's; elsewhere a frame counts as sent once the kernel has taken it
+    sock = writer.get_extra_info("socket")
+    return int(struct.unpack("i", fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, b"\0\0\0\0"))[0])
 
 
-def render_syslog_message(
-    entry: LogEntry, *, facility: int, app_name: str, hostname: str, procid: str, max_message_bytes: int
-) -> bytes:
-    """One record as an RFC 5424 message: structured data names it, MSG is its JSON (one line, BOM-led UTF-8).
-
-    A message over ``max_message_bytes`` carries a summary instead of the record, marked ``truncated``.
-    """
-    body = _body(entry)
-    doc = body if isinstance(body, dict) else {}
-    severity = 4 if doc.get("outcome") in ("denied", "error", "upstream_failed") else 6  # warning / informational
-    sd = (f"[bastion@{SYSLOG_ENTERPRISE_ID} origin=\"{_sd_value(entry.origin)}\" seq=\"{entry.seq}\" "
-          f"leaf_hash=\"{entry.leaf_hash.hex()}\"]")
-    header = (f"<{facility * 8 + severity}>1 {entry.time} {_printable(hostname, 255)} {_printable(app_name, 48)} "
-              f"{_printable(procid, 128)} {_printable(entry.kind, 32)} {sd} ").encode()
-    msg = escape_json_text(entry.body.decode("utf-8", errors="replace"))
-    message = header + b"\xef\xbb\xbf" + msg.encode("utf-8")
-    if len(message) > max_message_bytes:
-        summary = {"origin": entry.origin, "seq": entry.seq, "time": entry.time, "kind": entry.kind,
-                   "outcome": doc.get("outcome"), "leaf_hash": entry.leaf_hash.hex(), "truncated": True}
-        message = header + b"\xef\xbb\xbf" + escape_json_text(orjson.dumps(summary).decode()).encode("utf-8")
-    return message
-
-
-class _Datagrams(asyncio.DatagramProtocol):
-    """Counts asynchronous send errors (e.g. ICMP port unreachable) instead of logging each one."""
-
-    def __init__(self, stats: SinkStats) -> None:
-        self._stats = stats
-
-    def error_received(self, exc: Exception) -> None:
-        self._stats.delivery_failures += 1
+def _frames_acknowledged(writer: asyncio.StreamWriter, frames: list[bytes], written: int) -> int:
+    """How many whole frames, from the first, the peer acknowledged of the ``written`` bytes just sent."""
+    try:
+        pending = writer.transport.get_write_buffer_size() + _unacknowledged_bytes(writer)
+    except OSError:
+        return 0  # the connection is gone: nothing more can be confirmed
+    acknowledged, count = written - pending, 0
+    for frame in frames:
+        acknowledged -= len(frame)
+        if acknowledged < 0:
+            break
+        count += 1
+    return count
 
 
 class SyslogSink(Sink):
-    """Sends RFC 5424 messages; reconnects (TCP) on the next batch after a failure."""
+    """Sends RFC 5424 messages; reconnects (TCP) on the next batch after a failure.
+
+    Sent, UDP: the kernel accepted the datagram (UDP has no acknowledgement). Sent, TCP: the receiver's
+    TCP stack acknowledged the frame (it is in the receiving host's socket buffer; whether the syslog
+    daemon reads it cannot be known, RFC 6587 has no application acknowledgement).
+    """
 
     def __init__(self, settings: SyslogSinkSettings) -> None:
         super().__init__(settings.name or "syslog", max_buffer_records=settings.max_buffer_records,
@@ -341,34 +212,71 @@ class SyslogSink(Sink):
         self._settings = settings
         self._hostname = socket.gethostname()
         self._procid = str(os.getpid())
-        self._udp: asyncio.DatagramTransport | None = None
+        self._udp: socket.socket | None = None
         self._tcp: asyncio.StreamWriter | None = None
 
-    def _render(self, entry: LogEntry) -> bytes:
+    def _render(self, record: SinkRecord) -> bytes:
         s = self._settings
-        return render_syslog_message(entry, facility=s.facility, app_name=s.app_name, hostname=self._hostname,
+        return render_syslog_message(record, facility=s.facility, app_name=s.app_name, hostname=self._hostname,
                                      procid=self._procid, max_message_bytes=s.max_message_bytes)
 
-    async def _deliver(self, batch: list[LogEntry]) -> None:
-        s = self._settings
-        async with asyncio.timeout(s.timeout_s):
-            if s.protocol == "udp":
-                if self._udp is None:
-                    self._udp, _ = await asyncio.get_running_loop().create_datagram_endpoint(
-                        lambda: _Datagrams(self.stats), remote_addr=(s.host, s.port))
-                for entry in batch:
-                    self._udp.sendto(self._render(entry))
-                return
+    async def _deliver(self, batch: list[SinkRecord]) -> None:
+        messages = await render_in_slices(self._render, batch)
+        if self._settings.protocol == "udp":
+            await self._send_datagrams(messages)
+        else:
+            await self._send_frames(messages)
+
+    async def _send_datagrams(self, messages: list[bytes]) -> None:
+        if self._udp is None:
+            s = self._settings
+            async with asyncio.timeout(s.timeout_s):
+                family, kind, proto, _, address = (await asyncio.get_running_loop().getaddrinfo(
+                    s.host, s.port, type=socket.SOCK_DGRAM))[0]
+            udp = socket.socket(family, kind, proto)
+            udp.setblocking(False)
             try:
+                udp.connect(address)  # sends nothing; lets the kernel report ICMP refusals on later sends
+            except OSError:
+                udp.close()
+                raise
+            self._udp = udp
+        refused, error = 0, ""
+        for message in messages:
+            try:
+                self._udp.send(message)
+            except OSError as exc:
+                # ECONNREFUSED reports an ICMP refusal of an earlier datagram, and this one is not sent;
+                # EAGAIN/ENOBUFS: the socket buffer is full. Either way this record was not delivered.
+                refused, error = refused + 1, type(exc).__name__
+        if refused:
+            raise DeliveryError(len(messages) - refused, f"datagram refused: {error}")
+
+    async def _send_frames(self, messages: list[bytes]) -> None:
+        frames = [str(len(message)).encode() + b" " + message for message in messages]  # RFC 6587 §3.4.1
+        data = b"".join(frames)
+        s = self._settings
+        try:
+            async with asyncio.timeout(s.timeout_s):
                 if self._tcp is None:
                     _, self._tcp = await asyncio.open_connection(s.host, s.port)
-                for entry in batch:
-                    message = self._render(entry)
-                    self._tcp.write(str(len(message)).encode() + b" " + message)  # RFC 6587 §3.4.1
+                self._tcp.write(data)
                 await self._tcp.drain()
-            except BaseException:
-                await self._close()
-                raise
+                # Wait for the peer's acknowledgement too, so that at most one batch is ever
+                # unconfirmed and a receiver that stops reading shows up as drops, not as "sent".
+                pause_s = 0.0005
+                while _unacknowledged_bytes(self._tcp) > 0:
+                    await asyncio.sleep(pause_s)
+                    pause_s = min(pause_s * 2, 0.05)
+        except Exception as exc:
+            delivered = _frames_acknowledged(self._tcp, frames, len(data)) if self._tcp is not None else 0
+            await self._close()  # a frame may be cut short: the stream cannot be resumed
+            if isinstance(exc, TimeoutError):
+                raise DeliveryError(delivered, f"not acknowledged within {s.timeout_s:g} s") from exc
+            raise DeliveryError(delivered, type(exc).__name__) from exc
+        except BaseException:
+            await self._close()
+            raise
 
     async def _close(self) -> None:
         if self._udp is not None:
@@ -397,10 +305,14 @@ class SinkFanout:
             sink.start()
 
     def offer(self, entries: Sequence[LogEntry]) -> None:
-        """Hand committed records to every sink without waiting; never raises (the records are committed)."""
+        """Hand committed records to every sink without waiting; never raises (the records are committed).
+
+        Each record is wrapped once and shared, so it is parsed once however many sinks copy it.
+        """
+        records = [SinkRecord(entry) for entry in entries]
         for sink in self.sinks:
             try:
-                sink.offer(entries)
+                sink.offer(records)
             except Exception:
                 log.exception("audit sink %s failed to buffer records", sink.name)
 

@@ -1,7 +1,9 @@
-"""Audit sinks: JSON Lines, OTLP/HTTP JSON and RFC 5424 syslog copies of committed records.
+"""Audit sinks: settings, the JSON Lines, OTLP/HTTP JSON and RFC 5424 syslog transports, and the writer.
 
 Receivers are real loopback sockets (an in-loop uvicorn for OTLP, asyncio UDP/TCP servers for
-syslog). Every wait is bounded; synchronisation is on events and queues, never sleeps.
+syslog), including ones that refuse connections, accept and never answer, or never read: what a
+sink counts as sent or dropped is checked against each. Every wait is bounded; synchronisation is
+on events and queues, never sleeps.
 """
 
 from __future__ import annotations
@@ -9,83 +11,51 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
+import threading
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import httpx
-import orjson
 import pydantic
 import pytest
 import uvicorn
+from sink_rig import (
+    HOSTILE,
+    ORIGIN,
+    SPAN_ID,
+    TRACE_ID,
+    WAIT_S,
+    GatedSink,
+    make_entry,
+    parse_rfc5424,
+    records,
+    take,
+)
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from bastion.audit.canonical import canonical_bytes
-from bastion.audit.entry import LogEntry
-from bastion.audit.hashing import hash_leaf
 from bastion.audit.keys import generate_signing_key, render_signing_key
 from bastion.audit.log import AuditLog, CheckpointPolicy
 from bastion.audit.record import AuditEvent, EventKind
 from bastion.audit.settings import AuditSettings
+from bastion.audit.sink_format import SinkRecord
 from bastion.audit.sinks import (
     JsonLinesSink,
     JsonLinesSinkSettings,
     OtlpSink,
     OtlpSinkSettings,
-    Sink,
     SinkFanout,
     SyslogSink,
     SyslogSinkSettings,
-    escape_json_text,
-    render_syslog_message,
 )
 from bastion.storage import open_store
 
 pytestmark = pytest.mark.anyio
 
-WAIT_S = 5.0
-ORIGIN = "bastion.test/sinks"
 QUIET = CheckpointPolicy(every_records=1_000_000, every_s=3600, heartbeat_s=3600)
-HOSTILE = "line one\nline two\r\u2028<13>1 forged\x85\x7f\u202eevil"
-TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
-SPAN_ID = "00f067aa0ba902b7"
-
-
-def make_entry(seq: int, *, text: str = "hello", outcome: str | None = "ok", pad: int = 0) -> LogEntry:
-    body: dict[str, Any] = {"schema": "bastion.audit/1", "origin": ORIGIN, "seq": seq,
-                            "time": "2026-11-24T23:59:01.123Z", "kind": "response",
-                            "result": {"released": text + "x" * pad},
-                            "correlation": {"traceparent": f"00-{TRACE_ID}-{SPAN_ID}-01"}}
-    if outcome is not None:
-        body["outcome"] = outcome
-    raw = canonical_bytes(body)
-    return LogEntry(ORIGIN, seq, "2026-11-24T23:59:01.123Z", "response", raw, hash_leaf(raw))
-
-
-class GatedSink(Sink):
-    """Records what it delivers; each delivery waits for ``gate`` when one is set."""
-
-    def __init__(self, max_buffer_records: int = 100, max_batch_records: int = 100) -> None:
-        super().__init__("gated", max_buffer_records=max_buffer_records, max_batch_records=max_batch_records,
-                         drain_timeout_s=WAIT_S)
-        self.gate: asyncio.Event | None = None
-        self.entered = asyncio.Event()
-        self.delivered: asyncio.Queue[LogEntry] = asyncio.Queue()
-
-    async def _deliver(self, batch: list[LogEntry]) -> None:
-        self.entered.set()
-        if self.gate is not None:
-            await self.gate.wait()
-        for entry in batch:
-            self.delivered.put_nowait(entry)
-
-
-async def take(queue: asyncio.Queue[Any], count: int) -> list[Any]:
-    async with asyncio.timeout(WAIT_S):
-        return [await queue.get() for _ in range(count)]
 
 
 # -- settings --------------------------------------------------------------------------------------
@@ -112,17 +82,6 @@ def test_settings_are_rejected_when_a_sink_is_malformed(sink: dict[str, Any]) ->
         AuditSettings(signing_key_env="K", sinks=[sink])
 
 
-# -- escaping --------------------------------------------------------------------------------------
-
-
-def test_escaping_keeps_the_json_value_when_text_holds_line_breaks() -> None:
-    raw = orjson.dumps({"v": HOSTILE}).decode()
-    escaped = escape_json_text(raw)
-    assert json.loads(escaped) == {"v": HOSTILE}
-    for bad in ("\n", "\r", "\u2028", "\x85", "\x7f", "\u202e"):
-        assert bad not in escaped
-
-
 # -- JSON Lines ------------------------------------------------------------------------------------
 
 
@@ -131,10 +90,10 @@ async def test_jsonl_sink_writes_one_line_per_record_when_values_hold_newlines(t
     sink = JsonLinesSink(JsonLinesSinkSettings(type="jsonl", path=str(path)))
     sink.start()
     entries = [make_entry(0, text=HOSTILE), make_entry(1)]
-    sink.offer(entries)
+    sink.offer(records(*entries))
     await sink.aclose()
-    lines = path.read_text(encoding="utf-8").split("\n")
-    assert lines[-1] == "" and len(lines) == 3
+    lines = path.read_text(encoding="utf-8").splitlines()
+    assert len(lines) == 2
     first = json.loads(lines[0])
     assert first["record"]["result"]["released"] == HOSTILE
     assert (first["origin"], first["seq"], first["leaf_hash"]) == (ORIGIN, 0, entries[0].leaf_hash.hex())
@@ -144,53 +103,52 @@ async def test_jsonl_sink_writes_one_line_per_record_when_values_hold_newlines(t
 async def test_jsonl_sink_writes_to_stdout_when_path_is_dash(capsys: pytest.CaptureFixture[str]) -> None:
     sink = JsonLinesSink(JsonLinesSinkSettings(type="jsonl"))
     sink.start()
-    sink.offer([make_entry(7)])
+    sink.offer(records(make_entry(7)))
     await sink.aclose()
     out = capsys.readouterr().out.splitlines()
     assert len(out) == 1 and json.loads(out[0])["seq"] == 7
 
 
-# -- buffering -------------------------------------------------------------------------------------
-
-
-async def test_offer_drops_and_counts_when_the_buffer_is_full() -> None:
-    sink = GatedSink(max_buffer_records=3, max_batch_records=1)
-    sink.gate = asyncio.Event()
+async def test_jsonl_sink_counts_the_batch_dropped_when_the_file_refuses_writes() -> None:
+    sink = JsonLinesSink(JsonLinesSinkSettings(type="jsonl", path="/dev/full"))  # every write fails: ENOSPC
     sink.start()
-    sink.offer([make_entry(0)])
-    async with asyncio.timeout(WAIT_S):
-        await sink.entered.wait()  # entry 0 is in flight, the buffer is empty again
-    sink.offer([make_entry(i) for i in range(1, 6)])  # 3 fit, 2 are dropped; offer does not wait
-    assert sink.stats.records_dropped == 2
-    sink.gate.set()
-    assert [e.seq for e in await take(sink.delivered, 4)] == [0, 1, 2, 3]
+    sink.offer(records(make_entry(0), make_entry(1)))
     await sink.aclose()
-    assert (sink.stats.records_sent, sink.stats.records_dropped) == (4, 2)
+    assert (sink.stats.records_sent, sink.stats.records_dropped, sink.stats.delivery_failures) == (0, 2, 1)
 
 
-async def test_close_counts_the_rest_as_dropped_when_the_drain_times_out() -> None:
-    sink = GatedSink(max_batch_records=1)
-    sink._drain_timeout_s = 0.05
-    sink.gate = asyncio.Event()  # never set: the receiver hangs
-    sink.start()
-    sink.offer([make_entry(i) for i in range(3)])
-    async with asyncio.timeout(WAIT_S):
-        await sink.entered.wait()
-        await sink.aclose()
-    assert (sink.stats.records_sent, sink.stats.records_dropped) == (0, 3)
+async def test_records_are_parsed_once_off_the_loop_when_several_sinks_copy_them(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    parsed_on: list[tuple[int, int]] = []
+    parse = SinkRecord._parse
 
+    def counting_parse(record: SinkRecord) -> str:
+        parsed_on.append((record.entry.seq, threading.get_ident()))
+        return parse(record)
 
-async def test_fanout_offer_never_raises_when_a_sink_is_broken() -> None:
-    class Broken(GatedSink):
-        def offer(self, entries: Any) -> None:
-            raise RuntimeError("bug")
+    monkeypatch.setattr(SinkRecord, "_parse", counting_parse)
+    received: asyncio.Queue[bytes] = asyncio.Queue()
 
-    healthy = GatedSink()
-    fanout = SinkFanout([Broken(), healthy])
-    fanout.start()
-    fanout.offer([make_entry(0)])
-    assert [e.seq for e in await take(healthy.delivered, 1)] == [0]
-    await fanout.aclose()
+    class Receiver(asyncio.DatagramProtocol):
+        def datagram_received(self, data: bytes, addr: Any) -> None:
+            received.put_nowait(data)
+
+    transport, _ = await asyncio.get_running_loop().create_datagram_endpoint(Receiver, local_addr=("127.0.0.1", 0))
+    port = transport.get_extra_info("sockname")[1]
+    paths = [tmp_path / "a.jsonl", tmp_path / "b.jsonl"]
+    fanout = SinkFanout([JsonLinesSink(JsonLinesSinkSettings(type="jsonl", path=str(path))) for path in paths]
+                        + [SyslogSink(SyslogSinkSettings(type="syslog", host="127.0.0.1", port=port))])
+    try:
+        fanout.start()
+        fanout.offer([make_entry(i, text=HOSTILE) for i in range(3)])
+        await take(received, 3)
+        await fanout.aclose()
+    finally:
+        transport.close()
+    assert sorted(seq for seq, _ in parsed_on) == [0, 1, 2]  # three sinks, one parse per record
+    assert threading.get_ident() not in {thread for _, thread in parsed_on}
+    assert [len(path.read_text(encoding="utf-8").splitlines()) for path in paths] == [3, 3]
 
 
 # -- AuditLog integration --------------------------------------------------------------------------
@@ -219,9 +177,8 @@ async def test_sinks_receive_exactly_the_committed_records_when_the_log_appends(
 
 
 async def test_appends_complete_when_the_sink_is_stuck(store: Any) -> None:
-    sink = GatedSink(max_buffer_records=2, max_batch_records=1)
+    sink = GatedSink(max_buffer_records=2, max_batch_records=1, drain_timeout_s=0.05)
     sink.gate = asyncio.Event()  # the receiver never answers
-    sink._drain_timeout_s = 0.05
     log = AuditLog(store, origin=ORIGIN, signing_key=generate_signing_key(ORIGIN), checkpoints=QUIET,
                    sinks=SinkFanout([sink]))
     await log.start()
@@ -233,6 +190,14 @@ async def test_appends_complete_when_the_sink_is_stuck(store: Any) -> None:
     assert log.stats.records_committed == 10
     assert sink.stats.records_sent == 0
     assert sink.stats.records_dropped == 10  # 1 in flight + 2 buffered cut at close, 7 never fit
+
+async def append_quickly(log: AuditLog, count: int) -> None:
+    """Append ``count`` records within WAIT_S (far below the sinks' timeouts here): no append waited for a sink."""
+    await log.start()
+    async with asyncio.timeout(WAIT_S):
+        for i in range(count):
+            receipt = await log.append(AuditEvent(kind=EventKind.REQUEST, name=f"t{i}"))
+            assert receipt.durable and receipt.seq == i
 
 
 async def test_from_settings_builds_the_sinks_when_audit_sinks_lists_them(
@@ -257,15 +222,16 @@ async def test_from_settings_builds_the_sinks_when_audit_sinks_lists_them(
 
 
 class OtlpReceiver:
-    """A loopback OTLP/HTTP collector: queues (path, headers, JSON body) and answers ``status``."""
+    """A loopback OTLP/HTTP collector: queues (path, headers, JSON body) and answers ``status`` and ``answer``."""
 
     def __init__(self) -> None:
         self.requests: asyncio.Queue[tuple[str, dict[str, str], Any]] = asyncio.Queue()
         self.status = 200
+        self.answer = b"{}"
 
         async def logs(request: Request) -> Response:
             self.requests.put_nowait((request.url.path, dict(request.headers), await request.json()))
-            return Response(b"{}", status_code=self.status, media_type="application/json")
+            return Response(self.answer, status_code=self.status, media_type="application/json")
 
         self.app = Starlette(routes=[Route("/v1/logs", logs, methods=["POST"])])
 
@@ -297,7 +263,7 @@ async def test_otlp_sink_posts_log_records_when_records_are_committed(otlp: tupl
     async with httpx.AsyncClient() as client:
         sink = OtlpSink(settings, client)
         sink.start()
-        sink.offer([make_entry(0), make_entry(1, outcome="denied")])
+        sink.offer(records(make_entry(0), make_entry(1, outcome="denied")))
         path, headers, body = (await take(receiver.requests, 1))[0]
         await sink.aclose()
     assert path == "/v1/logs"
@@ -323,44 +289,90 @@ async def test_otlp_failure_is_counted_when_the_collector_answers_503(otlp: tupl
     async with httpx.AsyncClient() as client:
         sink = OtlpSink(OtlpSinkSettings(type="otlp", endpoint=url), client)
         sink.start()
-        sink.offer([make_entry(0)])
+        sink.offer(records(make_entry(0)))
         await take(receiver.requests, 1)
         await sink.aclose()
     assert (sink.stats.delivery_failures, sink.stats.records_dropped, sink.stats.records_sent) == (1, 1, 0)
 
 
+async def test_otlp_counts_rejected_records_dropped_when_the_collector_reports_partial_success(
+    otlp: tuple[OtlpReceiver, str],
+) -> None:
+    receiver, url = otlp
+    receiver.answer = b'{"partialSuccess":{"rejectedLogRecords":"2","errorMessage":"too old"}}'
+    async with httpx.AsyncClient() as client:
+        sink = OtlpSink(OtlpSinkSettings(type="otlp", endpoint=url), client)
+        sink.start()
+        sink.offer(records(*(make_entry(i) for i in range(3))))
+        await take(receiver.requests, 1)
+        await sink.aclose()
+    assert (sink.stats.records_sent, sink.stats.records_dropped, sink.stats.delivery_failures) == (1, 2, 1)
+
+
+@pytest.fixture
+async def silent_collector() -> AsyncIterator[tuple[str, asyncio.Event]]:
+    """A real HTTP listener that accepts and reads requests but never answers; the event marks a request read."""
+    request_read = asyncio.Event()
+    release = asyncio.Event()
+
+    async def hold(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        request_read.set()
+        await release.wait()
+        writer.close()
+
+    server = await asyncio.start_server(hold, "127.0.0.1", 0)
+    try:
+        yield f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}", request_read
+    finally:
+        release.set()
+        server.close()
+        await server.wait_closed()
+
+
+def free_port() -> int:
+    """A port that was free a moment ago and has no listener."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def dead_collector_sink(url: str, client: httpx.AsyncClient) -> OtlpSink:
+    """An OTLP sink whose timeout (60 s) dwarfs WAIT_S, with a small buffer and a short drain."""
+    return OtlpSink(OtlpSinkSettings(type="otlp", endpoint=url, timeout_s=60, max_buffer_records=5,
+                                     drain_timeout_s=0.05), client)
+
+
+async def test_appends_are_not_delayed_when_the_otlp_collector_never_answers(
+    store: Any, silent_collector: tuple[str, asyncio.Event]
+) -> None:
+    url, request_read = silent_collector
+    async with httpx.AsyncClient() as client:
+        sink = dead_collector_sink(url, client)
+        log = AuditLog(store, origin=ORIGIN, signing_key=generate_signing_key(ORIGIN), checkpoints=QUIET,
+                       sinks=SinkFanout([sink]))
+        await append_quickly(log, 20)
+        async with asyncio.timeout(WAIT_S):
+            await request_read.wait()  # the sink is stuck in a real request, not merely idle
+        await log.aclose()
+    assert log.stats.records_committed == 20
+    # 1 in flight and 5 buffered are cut at shutdown, 14 never fitted; a cut request is no failure.
+    assert (sink.stats.records_sent, sink.stats.records_dropped, sink.stats.delivery_failures) == (0, 20, 0)
+
+
+async def test_appends_are_not_delayed_when_the_otlp_collector_refuses_connections(store: Any) -> None:
+    async with httpx.AsyncClient() as client:
+        sink = dead_collector_sink(f"http://127.0.0.1:{free_port()}", client)
+        log = AuditLog(store, origin=ORIGIN, signing_key=generate_signing_key(ORIGIN), checkpoints=QUIET,
+                       sinks=SinkFanout([sink]))
+        await append_quickly(log, 20)
+        await log.aclose()
+    assert log.stats.records_committed == 20
+    assert (sink.stats.records_sent, sink.stats.records_dropped) == (0, 20)
+    assert sink.stats.delivery_failures >= 1
+
+
 # -- syslog ----------------------------------------------------------------------------------------
-
-
-def parse_rfc5424(message: bytes) -> tuple[str, list[str], bytes]:
-    """Split ``<PRI>1 TS HOST APP PROCID MSGID [SD] MSG`` into (pri, header fields, MSG)."""
-    header, sep, msg = message.partition(b"] \xef\xbb\xbf")
-    assert sep, message
-    fields = header.decode("ascii").split(" ", 6)
-    return fields[0], fields, msg
-
-
-def test_syslog_message_has_no_raw_line_break_when_the_record_holds_one() -> None:
-    entry = make_entry(3, text=HOSTILE, outcome="denied")
-    message = render_syslog_message(entry, facility=13, app_name="bastion", hostname="gw 1\n",
-                                    procid="42", max_message_bytes=8192)
-    for bad in (b"\n", b"\r", "\u2028".encode(), "\x85".encode(), b"\x7f"):
-        assert bad not in message
-    pri, fields, msg = parse_rfc5424(message)
-    assert pri == "<108>1"  # facility 13 * 8 + severity 4 (warning, for a denial)
-    assert fields[1:6] == ["2026-11-24T23:59:01.123Z", "gw_1_", "bastion", "42", "response"]
-    assert fields[6] == f'[bastion@32473 origin="{ORIGIN}" seq="3" leaf_hash="{entry.leaf_hash.hex()}"'
-    assert json.loads(msg) == json.loads(entry.body)
-
-
-def test_syslog_message_carries_a_summary_when_the_record_is_too_large() -> None:
-    entry = make_entry(4, pad=10_000)
-    message = render_syslog_message(entry, facility=13, app_name="bastion", hostname="gw",
-                                    procid="1", max_message_bytes=2048)
-    assert len(message) <= 2048
-    summary = json.loads(parse_rfc5424(message)[2])
-    assert summary == {"origin": ORIGIN, "seq": 4, "time": entry.time, "kind": "response", "outcome": "ok",
-                       "leaf_hash": entry.leaf_hash.hex(), "truncated": True}
 
 
 async def test_syslog_udp_sink_sends_one_datagram_per_record_when_records_are_committed() -> None:
@@ -376,7 +388,7 @@ async def test_syslog_udp_sink_sends_one_datagram_per_record_when_records_are_co
     try:
         sink = SyslogSink(SyslogSinkSettings(type="syslog", host="127.0.0.1", port=port))
         sink.start()
-        sink.offer([make_entry(0, text=HOSTILE), make_entry(1)])
+        sink.offer(records(make_entry(0, text=HOSTILE), make_entry(1)))
         datagrams = await take(received, 2)
         await sink.aclose()
     finally:
@@ -404,7 +416,7 @@ async def test_syslog_tcp_sink_frames_by_octet_count_when_records_are_committed(
     try:
         sink = SyslogSink(SyslogSinkSettings(type="syslog", host="127.0.0.1", port=port, protocol="tcp"))
         sink.start()
-        sink.offer([make_entry(i, text=HOSTILE) for i in range(3)])
+        sink.offer(records(*(make_entry(i, text=HOSTILE) for i in range(3))))
         got = await take(frames, 3)
         await sink.aclose()
     finally:
@@ -415,11 +427,47 @@ async def test_syslog_tcp_sink_frames_by_octet_count_when_records_are_committed(
 
 
 async def test_syslog_tcp_failure_is_counted_when_nothing_listens() -> None:
-    with socket.socket() as probe:  # a port that was free a moment ago and has no listener
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    sink = SyslogSink(SyslogSinkSettings(type="syslog", host="127.0.0.1", port=port, protocol="tcp", timeout_s=1))
+    sink = SyslogSink(SyslogSinkSettings(type="syslog", host="127.0.0.1", port=free_port(), protocol="tcp", timeout_s=1))
     sink.start()
-    sink.offer([make_entry(0)])
+    sink.offer(records(make_entry(0)))
     await sink.aclose()
     assert (sink.stats.delivery_failures, sink.stats.records_dropped, sink.stats.records_sent) == (1, 1, 0)
+
+
+async def test_syslog_udp_counts_refused_datagrams_dropped_when_nothing_listens() -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    sink = SyslogSink(SyslogSinkSettings(type="syslog", host="127.0.0.1", port=port, max_batch_records=10))
+    sink.offer(records(*(make_entry(i) for i in range(10))))
+    sink.start()
+    await sink.aclose()
+    # Each ICMP port-unreachable fails the next send, whose datagram is not sent: counted dropped.
+    # The refused datagram itself had been accepted by the kernel, so it stays counted as sent.
+    stats = sink.stats
+    assert stats.records_sent + stats.records_dropped == 10
+    assert stats.records_dropped >= 1 and stats.delivery_failures == 1
+
+
+async def test_syslog_tcp_counts_drops_when_the_receiver_never_reads() -> None:
+    # Connections wait in the backlog, never accepted, so nothing reads them: the kernel still
+    # acknowledges what fits in their receive buffer (set small here; accepted sockets inherit it).
+    with socket.socket() as listener:
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16_384)
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(8)
+        receive_buffer = listener.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
+        settings = SyslogSinkSettings(type="syslog", host="127.0.0.1", port=listener.getsockname()[1],
+                                      protocol="tcp", timeout_s=0.3, max_batch_records=20, drain_timeout_s=WAIT_S)
+        sink = SyslogSink(settings)
+        entries = [make_entry(i, pad=3_000) for i in range(20)]
+        sink.offer(records(*entries))
+        sink.start()
+        await sink.aclose()  # one batch; the drain ends when its acknowledgement times out
+    stats = sink.stats
+    assert (stats.records_sent + stats.records_dropped, stats.delivery_failures) == (20, 1)
+    message_bytes = len(sink._render(SinkRecord(entries[0])))
+    frame_bytes = len(f"{message_bytes} ") + message_bytes  # RFC 6587 octet counting
+    assert 20 * frame_bytes > receive_buffer and stats.records_dropped >= 1
+    # Counted as sent: only whole frames the receiving host's TCP acknowledged into that buffer.
+    assert stats.records_sent * frame_bytes <= receive_buffer
