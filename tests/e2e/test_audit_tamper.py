@@ -1,8 +1,9 @@
 """Tampering done straight to the database is caught by ``bastion audit verify``: exit 1, kind and position.
 
 Each case writes a log through AuditLog, edits the tables with sqlite3 or asyncpg the way an
-attacker with database access would, and runs the CLI. The untouched log must exit 0. Every case
-runs on SQLite and on PostgreSQL (fresh schema per test, dropped afterwards).
+attacker with database access would, and runs the CLI. The untouched log must exit 0, also when
+written under a burst with the writer's default cadence. Every case runs on SQLite and on
+PostgreSQL (fresh schema per test, dropped afterwards).
 """
 
 from __future__ import annotations
@@ -22,7 +23,8 @@ import asyncpg
 import pytest
 
 from bastion.audit.canonical import canonical_bytes
-from bastion.audit.checkpoint import parse_checkpoint, parse_signed_note, sign_checkpoint
+from bastion.audit.checkpoint import Checkpoint, parse_checkpoint, parse_signed_note, sign_checkpoint
+from bastion.audit.compact import Frontier
 from bastion.audit.hashing import hash_leaf
 from bastion.audit.keys import SigningKey, render_signing_key, render_vkey
 from bastion.audit.log import AuditLog, CheckpointPolicy
@@ -34,8 +36,11 @@ ORIGIN = "gw.tamper/log"
 KEY = SigningKey(ORIGIN, bytes(range(32)))
 STRANGER = SigningKey(ORIGIN, bytes(range(100, 132)))
 """Same name as the log key, different key: its signatures carry another key id."""
+NEIGHBOUR = SigningKey("gw.neighbour/log", bytes(range(50, 82)))
+"""The key of another gateway's origin, which the auditor trusts for that origin only."""
 PG_DSN = "postgresql://postgres@127.0.0.1:5432/test"
 T0 = datetime(2026, 7, 1, 12, 0, tzinfo=UTC)
+AN_HOUR_LATER = (T0 + timedelta(hours=1)).isoformat()
 
 
 class Db(Protocol):
@@ -108,21 +113,43 @@ async def write_log(url: str, interactions: int = 5) -> None:
         await store.aclose()
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-def stored_log(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[str, Db]]:
-    if request.param == "sqlite":
+async def write_burst(url: str, records: int) -> None:
+    """``records`` appends at once through AuditLog with the writer's default cadence and the real clock."""
+    store = await open_store(url)
+    log = AuditLog(store, origin=ORIGIN, signing_key=KEY)
+    await log.start()
+    try:
+        await asyncio.gather(
+            *(log.append(AuditEvent(kind=EventKind.REQUEST, subject="load", arguments={"i": i})) for i in range(records))
+        )
+    finally:
+        await log.aclose()
+        await store.aclose()
+
+
+def open_log(backend: str, tmp_path: Path, write: Callable[[str], Any]) -> Iterator[tuple[str, Db]]:
+    """Write a log with ``write(url)`` on ``backend``; yield its URL and raw table access."""
+    if backend == "sqlite":
         path = tmp_path / "audit.db"
         url = f"sqlite:///{path}"
-        asyncio.run(write_log(url))
+        asyncio.run(write(url))
         yield url, SqliteDb(path)
         return
     schema = f"t_{uuid.uuid4().hex[:16]}"
     url = f"{PG_DSN}?schema={schema}"
     try:
-        asyncio.run(write_log(url))
+        asyncio.run(write(url))
         yield url, PostgresDb(schema)
     finally:
         PostgresDb("public").execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
+
+
+BACKENDS = ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
+
+
+@pytest.fixture(params=BACKENDS)
+def stored_log(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[str, Db]]:
+    yield from open_log(request.param, tmp_path, write_log)
 
 
 @pytest.fixture
@@ -132,12 +159,14 @@ def key_ring(tmp_path: Path) -> Path:
     return path
 
 
-def verify(url: str, keys: Path, capsys: pytest.CaptureFixture[str]) -> tuple[int, list[tuple[str, int]], str]:
+def verify(
+    url: str, keys: Path, capsys: pytest.CaptureFixture[str], *options: str
+) -> tuple[int, list[tuple[str, int]], str]:
     """Run the CLI twice (JSON and text); return the exit code, (kind, position) pairs and the text report."""
-    code = main(["audit", "verify", "--store", url, "--keys", str(keys), "--json"])
+    code = main(["audit", "verify", "--store", url, "--keys", str(keys), "--json", *options])
     report = json.loads(capsys.readouterr().out)
     assert report["ok"] is (code == 0)
-    text_code = main(["audit", "verify", "--store", url, "--keys", str(keys)])
+    text_code = main(["audit", "verify", "--store", url, "--keys", str(keys), *options])
     text = capsys.readouterr().out
     assert text_code == code
     return code, [(p["kind"], p["position"]) for p in report["problems"]], text
@@ -213,17 +242,32 @@ def sign_with_unknown_key(db: Db) -> None:
     db.execute("UPDATE checkpoints SET note = ? WHERE tree_size = 5", sign_checkpoint(checkpoint, STRANGER))
 
 
-CASES: list[tuple[Callable[[Db], None], list[tuple[str, int]]]] = [
-    (modify_body, [("MODIFIED_RECORD", 3)]),
-    (delete_record, [("DELETED_RECORD", 3)]),
+def delete_unsigned_record(db: Db) -> None:
+    """Delete the checkpoints after size 5, then record 8: no signature covers the missing seq."""
+    db.execute("DELETE FROM checkpoints WHERE tree_size > 5")
+    db.execute("DELETE FROM records WHERE seq = 8")
+
+
+def delete_tail_with_its_checkpoints(db: Db) -> None:
+    """Delete the newest records and every checkpoint that signed them: nothing in the tables disagrees."""
+    db.execute("DELETE FROM checkpoints WHERE tree_size > 5")
+    db.execute("DELETE FROM records WHERE seq >= 5")
+
+
+CASES: list[tuple[Callable[[Db], None], list[tuple[str, int]], tuple[str, ...]]] = [
+    (modify_body, [("MODIFIED_RECORD", 3)], ()),
+    (delete_record, [("DELETED_RECORD", 3)], ()),
     # The forgery is stored first at seq 3, so it enters the tree: the original becomes the duplicate,
     # the renumbered rows show from seq 4, and the next checkpoint's root no longer rebuilds.
-    (insert_forged_record, [("INSERTED_RECORD", 3), ("MODIFIED_RECORD", 4), ("ROOT_MISMATCH", 5)]),
-    (reorder_records, [("REORDERED_RECORDS", 3)]),
-    (truncate_tail, [("TRUNCATED_TAIL", 7)]),
-    (delete_head, [("DELETED_RECORD", 0)]),
-    (corrupt_signature, [("BAD_SIGNATURE", 5)]),
-    (sign_with_unknown_key, [("UNKNOWN_KEY", 5)]),
+    (insert_forged_record, [("INSERTED_RECORD", 3), ("MODIFIED_RECORD", 4), ("ROOT_MISMATCH", 5)], ()),
+    (reorder_records, [("REORDERED_RECORDS", 3)], ()),
+    (truncate_tail, [("TRUNCATED_TAIL", 7)], ()),
+    (delete_head, [("DELETED_RECORD", 0)], ()),
+    (corrupt_signature, [("BAD_SIGNATURE", 5)], ()),
+    (sign_with_unknown_key, [("UNKNOWN_KEY", 5)], ()),
+    (delete_unsigned_record, [("SEQUENCE_GAP", 8)], ()),
+    # Only the missing heartbeat shows it: the newest checkpoint left is an hour old and no shutdown.
+    (delete_tail_with_its_checkpoints, [("CHECKPOINT_GAP", 5)], ("--now", AN_HOUR_LATER)),
 ]
 
 
@@ -236,17 +280,25 @@ def test_verify_exit_0_when_the_log_is_untouched(
     assert text.startswith(f"records: 10  checkpoints: 4  origins: {ORIGIN}\n")
 
 
-@pytest.mark.parametrize(("tamper", "expected"), CASES, ids=[case[0].__name__ for case in CASES])
+def test_verify_exit_0_when_the_untouched_log_is_checked_an_hour_after_its_shutdown(
+    stored_log: tuple[str, Db], key_ring: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    url, _ = stored_log
+    assert verify(url, key_ring, capsys, "--now", AN_HOUR_LATER)[:2] == (0, [])
+
+
+@pytest.mark.parametrize(("tamper", "expected", "options"), CASES, ids=[case[0].__name__ for case in CASES])
 def test_verify_exit_1_names_reason_and_position_when_the_database_is_tampered(
     stored_log: tuple[str, Db],
     key_ring: Path,
     capsys: pytest.CaptureFixture[str],
     tamper: Callable[[Db], None],
     expected: list[tuple[str, int]],
+    options: tuple[str, ...],
 ) -> None:
     url, db = stored_log
     tamper(db)
-    code, problems, text = verify(url, key_ring, capsys)
+    code, problems, text = verify(url, key_ring, capsys, *options)
     assert code == 1
     assert problems == expected
     kind, position = expected[0]
@@ -265,3 +317,49 @@ def test_verify_exit_0_when_the_head_was_pruned_behind_a_retention_checkpoint(
     code, problems, text = verify(url, key_ring, capsys)
     assert (code, problems) == (0, [])
     assert text.startswith(f"records: 5  checkpoints: 5  origins: {ORIGIN}\n")
+
+
+def test_verify_exit_1_key_not_for_origin_when_another_origins_key_re_signs_a_rewritten_log(
+    stored_log: tuple[str, Db], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An attacker holding the neighbour gateway's key rewrites record 3 and re-signs every checkpoint."""
+    url, db = stored_log
+    ring = tmp_path / "two-gateways.txt"
+    ring.write_text(render_vkey(KEY.public()) + "\n" + render_vkey(NEIGHBOUR.public()) + "\n")
+    body = json.loads(bytes(db.fetch("SELECT body FROM records WHERE seq = 3")[0][0]))
+    forged = canonical_bytes({**body, "who": {"subject": "mallory"}})
+    db.execute("UPDATE records SET body = ?, leaf_hash = ? WHERE seq = 3", forged, hash_leaf(forged))
+    leaves = [bytes(h) for (h,) in db.fetch("SELECT leaf_hash FROM records ORDER BY seq")]
+    for (note,) in db.fetch("SELECT note FROM checkpoints"):
+        signed = parse_checkpoint(parse_signed_note(note).text)
+        frontier = Frontier()
+        for leaf in leaves[: signed.tree_size]:
+            frontier.append(leaf)
+        resigned = sign_checkpoint(Checkpoint(ORIGIN, signed.tree_size, frontier.root(), signed.extensions), NEIGHBOUR)
+        db.execute("UPDATE checkpoints SET note = ?, root_hash = ? WHERE note = ?", resigned, frontier.root(), note)
+    code, problems, text = verify(url, ring, capsys)
+    assert (code, problems) == (1, [("KEY_NOT_FOR_ORIGIN", size) for size in (1, 5, 9, 10)])
+    assert f"add origin={ORIGIN} to its key ring line" in text
+
+
+def test_verify_exit_1_modified_record_not_a_traceback_when_a_sqlite_column_changes_type(
+    tmp_path: Path, key_ring: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """SQLite keeps a column's type per value: ``CAST(body AS TEXT)`` hands the reader a str for one row."""
+    path = tmp_path / "audit.db"
+    asyncio.run(write_log(f"sqlite:///{path}"))
+    SqliteDb(path).execute("UPDATE records SET body = CAST(body AS TEXT) WHERE seq = 3")
+    code, problems, text = verify(f"sqlite:///{path}", key_ring, capsys)
+    assert (code, problems) == (1, [("MODIFIED_RECORD", 3)])
+    assert "body holds str, not bytes" in text
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_verify_exit_0_with_default_limits_when_an_untouched_log_was_written_under_a_burst(
+    backend: str, tmp_path: Path, key_ring: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The writer's default cadence must fit the verifier's default limits, also when batches are large."""
+    for url, db in open_log(backend, tmp_path, lambda url: write_burst(url, 5000)):
+        assert db.fetch("SELECT count(*) FROM records") == [(5000,)]
+        code, problems, _ = verify(url, key_ring, capsys, "--now")
+        assert (code, problems) == (0, [])

@@ -2,7 +2,8 @@
 
 Owns the checkpoint text (origin, tree size, root hash, extension lines), the signed-note
 envelope (text, blank line, ``— name base64(key id || signature)`` lines), signing and verifying
-notes against a key ring, and the ``bastion-time`` / ``bastion-retention`` extension lines.
+notes against a key ring, and the ``bastion-time`` / ``bastion-retention`` / ``bastion-closed``
+extension lines.
 Keys and windows are keys.py's; deciding what a checkpoint means for a log is the verifier's.
 """
 
@@ -18,6 +19,7 @@ from bastion.audit.hashing import HASH_SIZE_BYTES
 from bastion.audit.keys import (
     KEY_ID_BYTES,
     KeyFormatError,
+    KeyNotForOriginError,
     KeyOutsideWindowError,
     KeyRing,
     SigningKey,
@@ -36,6 +38,8 @@ MAX_SIGNATURES = 100
 MAX_TREE_SIZE = (1 << 63) - 1
 TIME_EXTENSION = "bastion-time"
 RETENTION_EXTENSION = "bastion-retention"
+CLOSED_EXTENSION = "bastion-closed"
+"""The whole line the writer adds to the checkpoint it signs on shutdown: no heartbeat follows it."""
 
 
 class MalformedNoteError(VerificationError):
@@ -216,16 +220,21 @@ def sign_checkpoint(checkpoint: Checkpoint, key: SigningKey) -> str:
     return sign_note(render_checkpoint(checkpoint), key)
 
 
-def verify_note(note: SignedNote, key_ring: KeyRing, signed_at: datetime | None = None) -> None:
-    """Verify that a trusted key, valid at ``signed_at``, signed ``note``.
+def verify_note(
+    note: SignedNote, key_ring: KeyRing, signed_at: datetime | None = None, *, origin: str | None = None
+) -> None:
+    """Verify that a trusted key, valid at ``signed_at`` and (for a checkpoint) bound to ``origin``, signed ``note``.
 
     C2SP signed-note §Signatures: lines from unknown (name, id) pairs are ignored; a known key
-    whose signature fails rejects the whole note; at least one known key must verify.
+    whose signature fails rejects the whole note; at least one known key must verify. Pass the
+    checkpoint's ``origin`` whenever the note is a checkpoint: only keys the ring binds to it
+    (``KeyRing.may_sign``) count, so one log's key cannot vouch for another log.
 
     Raises:
         BadSignatureError: a known key's signature does not verify.
         UnknownKeyError: no signature line comes from a key in the ring.
-        KeyOutsideWindowError: every verified signature is outside its key's validity window.
+        KeyNotForOriginError: every verified signature is by a key not bound to ``origin``.
+        KeyOutsideWindowError: every verified signature by a bound key is outside its key's validity window.
     """
     message = note.text.encode("utf-8")
     known = [(s, key) for s in note.signatures if (key := key_ring.lookup(s.key_name, s.key_id)) is not None]
@@ -234,8 +243,16 @@ def verify_note(note: SignedNote, key_ring: KeyRing, signed_at: datetime | None 
         raise UnknownKeyError(f"no signature from a trusted key (signed by: {names})")
     for signature, key in known:
         key.verify_signature(message, signature.signature)
+    bound = [key for _, key in known if origin is None or key_ring.may_sign(key, origin)]
+    if not bound:
+        key = known[0][1]
+        raise KeyNotForOriginError(
+            f"signed by key {key.name} ({key.key_id.hex()}), which the key ring does not bind to origin {origin}: "
+            f"{key_ring.describe_binding(key)}. If that key may sign this origin, add origin={origin} to its "
+            "key ring line"
+        )
     first_outside: KeyOutsideWindowError | None = None
-    for _, key in known:
+    for key in bound:
         try:
             key.verify_window(signed_at)
         except KeyOutsideWindowError as exc:
@@ -308,3 +325,20 @@ def parse_retention(checkpoint: Checkpoint) -> Frontier | None:
     if frontier.root() != checkpoint.root_hash:
         raise RootMismatchError(checkpoint.root_hash, frontier.root())
     return frontier
+
+
+def parse_closed(checkpoint: Checkpoint) -> bool:
+    """Return whether the writer signed ``checkpoint`` as it shut down (a ``bastion-closed`` line).
+
+    A verifier expects a heartbeat checkpoint within its time limit after every checkpoint but
+    a closing one: silence after a signed shutdown is the gateway being down, not a deleted tail.
+
+    Raises:
+        MalformedNoteError: the line is repeated or carries text after its name.
+    """
+    lines = [line for line in checkpoint.extensions if line.split(" ", 1)[0] == CLOSED_EXTENSION]
+    if len(lines) > 1:
+        raise MalformedNoteError("more than one bastion-closed line")
+    if lines and lines[0] != CLOSED_EXTENSION:
+        raise MalformedNoteError("bastion-closed takes no value")
+    return bool(lines)

@@ -1,9 +1,10 @@
 """The JSON Lines export of a log (``bastion-audit-export/1``): write, read and verify offline.
 
-An export holds records, checkpoints, their RFC 3161 time-stamp tokens and, when it starts
-mid-log, the frontier before its first record; ``verify_export`` hands it to the offline
-verifier. Reading the store and the proof document are audit/reading.py's; deciding what the
-evidence means is the verifier's.
+An export holds records, checkpoints, their RFC 3161 time-stamp tokens, when it starts mid-log
+the frontier before its first record, and one closing ``origin`` line per origin that counts
+its lines; ``verify_export`` checks the file against its header and those counts and hands the
+rest to the offline verifier. Reading the store and the proof document are audit/reading.py's;
+deciding what the log evidence means is the verifier's.
 """
 
 from __future__ import annotations
@@ -12,23 +13,16 @@ import base64
 import binascii
 import contextlib
 import json
-from collections.abc import Iterator
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any
 
-from bastion.audit.checkpoint import (
-    Checkpoint,
-    parse_checkpoint,
-    parse_retention,
-    parse_signed_note,
-    render_retention_extension,
-    sign_checkpoint,
-)
+from bastion.audit.checkpoint import parse_checkpoint, parse_retention, parse_signed_note
 from bastion.audit.compact import Frontier, MalformedFrontierError
 from bastion.audit.entry import LogEntry, StoredCheckpoint, StoredTimestamp
-from bastion.audit.keys import KeyRing, VerifierKey, generate_signing_key
+from bastion.audit.keys import KeyRing
 from bastion.audit.reading import (
     DEFAULT_OPTIONS,
     PAGE_RECORDS,
@@ -38,13 +32,11 @@ from bastion.audit.reading import (
     field_of,
 )
 from bastion.audit.record import render_time
-from bastion.errors import VerificationError
+from bastion.errors import StorageError, VerificationError
 from bastion.storage.base import Store
 from bastion.verifier import Options, Problem, ProblemKind, Report, TimestampTrust, verify_log
 
 EXPORT_FORMAT = "bastion-audit-export/1"
-PREFIX_KEY_NAME = "bastion-export-prefix"
-"""Name of the throw-away key that vouches only for an export's own prefix line (see ``verify_export``)."""
 
 
 # -- writing ---------------------------------------------------------------------------------------
@@ -59,6 +51,18 @@ class ExportWindow:
 
 
 @dataclass(slots=True)
+class LineCounts:
+    """How many record, checkpoint and time-stamp lines one origin has in an export."""
+
+    records: int = 0
+    checkpoints: int = 0
+    timestamps: int = 0
+
+    def render(self) -> str:
+        return f"{self.records} records, {self.checkpoints} checkpoints, {self.timestamps} time-stamp tokens"
+
+
+@dataclass(slots=True)
 class ExportStats:
     """What one export wrote."""
 
@@ -66,10 +70,32 @@ class ExportStats:
     checkpoints: int = 0
     timestamps: int = 0
     origins: list[str] = field(default_factory=list)
+    unsigned: int = 0
+    """Records inside the window left out because no checkpoint signs them yet."""
 
 
 def _line(out: IO[str], doc: dict[str, Any]) -> None:
     out.write(json.dumps(doc, ensure_ascii=True, separators=(",", ":"), sort_keys=True) + "\n")
+
+
+def _require_writer_types(entry: LogEntry) -> None:
+    """Refuse a row whose columns hold another type than the writer stores (e.g. SQLite
+    ``CAST(body AS TEXT)``): an export cannot carry a column's type, so copying the row would
+    present it as intact. ``bastion audit verify --store`` reports such a row.
+
+    Raises:
+        StorageError: a column of ``entry`` has another type.
+    """
+    if not (
+        isinstance(entry.body, bytes)
+        and isinstance(entry.leaf_hash, bytes)
+        and isinstance(entry.time, str)
+        and isinstance(entry.kind, str)
+    ):
+        raise StorageError(
+            f"record {entry.origin!r}/{entry.seq} has columns of another type than the writer stores (the row was "
+            "rewritten outside the writer); 'bastion audit verify --store' reports it"
+        )
 
 
 def _entry_doc(entry: LogEntry) -> dict[str, Any]:
@@ -106,12 +132,15 @@ def _start_frontier(checkpoints: list[StoredCheckpoint], first_seq: int) -> Fron
 async def write_export(store: Store, origins: list[str], window: ExportWindow, out: IO[str]) -> ExportStats:
     """Write the records of ``origins`` inside ``window``, the checkpoints that sign them and their tokens.
 
-    The record range is extended forward to the next checkpoint so every exported record is
+    The record range is extended forward to the next checkpoint, and records after the newest
+    checkpoint are left out (counted in ``ExportStats.unsigned``), so every exported record is
     covered by a signature. When the window skips records at the start, a ``prefix`` line carries
-    the frontier of their stored leaf hashes; it is not trusted, only the signed roots can confirm it.
+    the frontier of their stored leaf hashes; it is not trusted, only the signed roots can confirm
+    it. Each origin ends with an ``origin`` line counting its lines, also when the window holds
+    none of its records, so a verifier can tell an empty window from removed lines.
 
     Raises:
-        StorageError: the store cannot be read.
+        StorageError: the store cannot be read, or a record's columns are not what the writer stores.
     """
     stats = ExportStats(origins=list(origins))
     _line(
@@ -126,18 +155,27 @@ async def write_export(store: Store, origins: list[str], window: ExportWindow, o
         },
     )
     for origin in origins:
-        await _export_origin(store, origin, window, out, stats)
+        counts = await _export_origin(store, origin, window, out, stats)
+        _line(out, {"type": "origin", "origin": origin, **asdict(counts)})
+        stats.records += counts.records
+        stats.checkpoints += counts.checkpoints
+        stats.timestamps += counts.timestamps
     return stats
 
 
-async def _export_origin(store: Store, origin: str, window: ExportWindow, out: IO[str], stats: ExportStats) -> None:
+async def _export_origin(
+    store: Store, origin: str, window: ExportWindow, out: IO[str], stats: ExportStats
+) -> LineCounts:
+    counts = LineCounts()
     checkpoints = await fetch_all_checkpoints(store, origin)
     sizes = sorted({c.tree_size for c in checkpoints})
+    signed_end = sizes[-1] if sizes else 0  # records from here on are signed by nothing yet
     before: Frontier | None = None  # frontier over the records the window skips
     skipped = started = False
     low, end = 0, None
     async with contextlib.aclosing(store.stream_entries(origin, 0, PAGE_RECORDS)) as entries:  # type: ignore[type-var]
         async for entry in entries:
+            _require_writer_types(entry)
             if not started and window.time_from is not None and entry.time < window.time_from:
                 if not skipped:
                     before, skipped = _start_frontier(checkpoints, entry.seq), True
@@ -145,6 +183,13 @@ async def _export_origin(store: Store, origin: str, window: ExportWindow, out: I
                     before.append(entry.leaf_hash)
                 else:
                     before = None  # a gap: the verifier will report it, the export cannot bridge it
+                continue
+            if end is None and window.time_to is not None and entry.time >= window.time_to:
+                end = next((s for s in sizes if s >= entry.seq), entry.seq)
+            if end is not None and entry.seq >= end:
+                break
+            if entry.seq >= signed_end:
+                stats.unsigned += 1
                 continue
             if not started:
                 started = True
@@ -160,14 +205,10 @@ async def _export_origin(store: Store, origin: str, window: ExportWindow, out: I
                                 "hashes": [h.hex() for h in before.hashes],
                             },
                         )
-            if end is None and window.time_to is not None and entry.time >= window.time_to:
-                end = next((s for s in sizes if s >= entry.seq), entry.seq)
-            if end is not None and entry.seq >= end:
-                break
             _line(out, _entry_doc(entry))
-            stats.records += 1
-    if skipped and not started:
-        return  # the window holds no record of this origin
+            counts.records += 1
+    if not started:
+        return counts  # the window holds no signed record of this origin
     for stored in checkpoints:
         if low <= stored.tree_size and (end is None or stored.tree_size <= end):
             _line(
@@ -181,7 +222,7 @@ async def _export_origin(store: Store, origin: str, window: ExportWindow, out: I
                     "time": stored.time,
                 },
             )
-            stats.checkpoints += 1
+            counts.checkpoints += 1
     for stamp in await fetch_all_timestamps(store.checkpoint_timestamps, origin, low):
         if end is None or stamp.tree_size <= end:
             _line(
@@ -195,7 +236,8 @@ async def _export_origin(store: Store, origin: str, window: ExportWindow, out: I
                     "gen_time": stamp.gen_time,
                 },
             )
-            stats.timestamps += 1
+            counts.timestamps += 1
+    return counts
 
 
 # -- reading and verifying an export -------------------------------------------------------------------
@@ -253,13 +295,27 @@ def _parse_timestamp(doc: dict[str, Any]) -> StoredTimestamp:
 
 @dataclass(slots=True)
 class ExportFile:
-    """An export's header, checkpoints, tokens and prefixes; records are streamed by ``entries()``."""
+    """An export's header, checkpoints, tokens, prefixes and line counts; records are streamed by ``entries()``."""
 
     path: Path
     origins: list[str]
+    """The origins the header names."""
     checkpoints: list[StoredCheckpoint]
     prefixes: dict[str, Frontier]
     timestamps: list[StoredTimestamp] = field(default_factory=list)
+    declared: dict[str, LineCounts] = field(default_factory=dict)
+    """Per origin, the counts its closing ``origin`` line states."""
+    found: dict[str, LineCounts] = field(default_factory=dict)
+    """Per origin, the record, checkpoint and time-stamp lines the file holds."""
+
+    def all_origins(self) -> list[str]:
+        """The origins the header names, then every other origin any line belongs to."""
+        content = {*self.found, *self.declared, *self.prefixes}
+        return list(dict.fromkeys([*self.origins, *sorted(content)]))
+
+    def count_records(self, origins: set[str]) -> int:
+        """The record lines of ``origins`` in the file."""
+        return sum(counts.records for origin, counts in self.found.items() if origin in origins)
 
     def entries(self, origins: set[str]) -> Iterator[LogEntry]:
         """Yield the records of ``origins`` in file order (a second pass over the file).
@@ -275,8 +331,40 @@ class ExportFile:
                     raise EvidenceFormatError(f"{self.path}:{number}: {exc}") from exc
 
 
+def _read_line(export: ExportFile, kind: object, doc: dict[str, Any]) -> None:
+    """Add one line after the header to ``export`` (records only counted: they stay on disk)."""
+    if kind not in ("entry", "checkpoint", "prefix", "timestamp", "origin"):
+        raise EvidenceFormatError(f"unknown line type {kind!r}")
+    origin = field_of(doc, "origin", str)
+    found = export.found.setdefault(origin, LineCounts())
+    if kind == "entry":
+        found.records += 1
+    elif kind == "checkpoint":
+        export.checkpoints.append(
+            StoredCheckpoint(
+                origin,
+                field_of(doc, "tree_size", int),
+                bytes.fromhex(field_of(doc, "root_hash", str)),
+                field_of(doc, "note", str),
+                field_of(doc, "time", str),
+            )
+        )
+        found.checkpoints += 1
+    elif kind == "timestamp":
+        export.timestamps.append(_parse_timestamp(doc))
+        found.timestamps += 1
+    elif kind == "prefix":
+        hashes = tuple(bytes.fromhex(h) for h in field_of(doc, "hashes", list))
+        export.prefixes[origin] = Frontier(field_of(doc, "tree_size", int), hashes)
+    else:
+        if origin in export.declared:
+            raise EvidenceFormatError(f"a second origin line for {origin!r}")
+        counts = (field_of(doc, name, int) for name in ("records", "checkpoints", "timestamps"))
+        export.declared[origin] = LineCounts(*counts)
+
+
 def read_export(path: Path) -> ExportFile:
-    """Read an export's header, checkpoints, tokens and prefixes (records stay on disk).
+    """Read an export's header, checkpoints, tokens, prefixes and line counts (records stay on disk).
 
     Raises:
         EvidenceFormatError: the file is unreadable, has no header, or a line is malformed.
@@ -290,23 +378,10 @@ def read_export(path: Path) -> ExportFile:
                     raise EvidenceFormatError(f"first line is not a {EXPORT_FORMAT} header")
                 origins = field_of(doc, "origins", list)
                 export = ExportFile(path, [o for o in origins if isinstance(o, str)], [], {})
-            elif export is None or kind not in ("entry", "checkpoint", "prefix", "timestamp"):
+            elif export is None:
                 raise EvidenceFormatError(f"unknown line type {kind!r}")
-            elif kind == "checkpoint":
-                export.checkpoints.append(
-                    StoredCheckpoint(
-                        field_of(doc, "origin", str),
-                        field_of(doc, "tree_size", int),
-                        bytes.fromhex(field_of(doc, "root_hash", str)),
-                        field_of(doc, "note", str),
-                        field_of(doc, "time", str),
-                    )
-                )
-            elif kind == "timestamp":
-                export.timestamps.append(_parse_timestamp(doc))
-            elif kind == "prefix":
-                hashes = tuple(bytes.fromhex(h) for h in field_of(doc, "hashes", list))
-                export.prefixes[field_of(doc, "origin", str)] = Frontier(field_of(doc, "tree_size", int), hashes)
+            else:
+                _read_line(export, kind, doc)
         except (ValueError, TypeError, MalformedFrontierError, EvidenceFormatError) as exc:
             raise EvidenceFormatError(f"{path}:{number}: {exc}") from exc
     if export is None:
@@ -315,42 +390,65 @@ def read_export(path: Path) -> ExportFile:
 
 
 def verify_export(
-    path: Path,
+    export: ExportFile,
     keys: KeyRing,
     *,
     trusted: StoredCheckpoint | None = None,
     origins: list[str] | None = None,
     options: Options = DEFAULT_OPTIONS,
     tsa: TimestampTrust | None = None,
+    on_progress: Callable[[int], None] | None = None,
 ) -> Report:
-    """Verify an export offline, streaming its records from disk (and, with ``tsa``, its tokens).
+    """Verify an export read by ``read_export`` offline, streaming its records from disk.
 
-    A ``prefix`` frontier (an export that starts mid-log) is given to the verifier as a retention
-    checkpoint signed by a throw-away key added to the ring for this call only: the verifier then
-    continues the tree from it, and only the log's own signed checkpoints after it can confirm it.
-    A prefix with no such checkpoint in the file proves nothing and is reported as a root mismatch.
+    Without ``origins``, every origin the header names *or* any line belongs to is verified, so
+    an edited header cannot hide an origin. Beyond the log checks: (1) the header and the closing
+    ``origin`` lines must name the same origins as the lines, and each ``origin`` line's counts
+    must match the lines held -> INCONSISTENT_EXPORT (an origin whose window was empty has an
+    ``origin`` line counting zero; one with no such line had its lines removed, or the file was
+    written before exports had them); (2) every record must be covered by a signed checkpoint in
+    the file -> UNSIGNED_RECORDS: an unsigned record in a file can be rewritten, leaf hash and all,
+    by anyone who handled it; (3) a ``prefix`` frontier (an export that starts mid-log) continues
+    the tree, and a prefix with no signed checkpoint after it proves nothing -> ROOT_MISMATCH.
 
     Raises:
-        EvidenceFormatError: the file is not a readable export.
+        EvidenceFormatError: nothing in the file to verify, or a named origin is absent from it.
     """
-    export = read_export(path)
-    missing = [origin for origin in origins or () if origin not in export.origins]
+    present = export.all_origins()
+    if not present:
+        raise EvidenceFormatError(f"{export.path} holds no origin")
+    missing = [origin for origin in origins or () if origin not in present]
     if missing:  # as for a store: an origin asked for and absent is not an empty log that verifies
         raise EvidenceFormatError(f"the export holds nothing for origin(s) {', '.join(map(repr, missing))}")
-    wanted = set(origins or export.origins)
+    wanted = set(origins or present)
     checkpoints = [c for c in export.checkpoints if c.origin in wanted]
-    ring, synthetic = keys, list[StoredCheckpoint]()
-    if any(origin in wanted for origin in export.prefixes):
-        ring = KeyRing([*keys, *_prefix_keys(export, wanted, synthetic)])
-    timestamps = [t for t in export.timestamps if t.origin in wanted]
     report = verify_log(
-        export.entries(wanted), [*synthetic, *checkpoints], ring, trusted, options=options, timestamps=timestamps, tsa=tsa
+        export.entries(wanted),
+        checkpoints,
+        keys,
+        trusted,
+        on_progress,
+        options=options,
+        timestamps=[t for t in export.timestamps if t.origin in wanted],
+        tsa=tsa,
+        prefixes={origin: frontier for origin, frontier in export.prefixes.items() if origin in wanted},
     )
-    report.summary.checkpoints -= len(synthetic)
-    for origin, frontier in export.prefixes.items():
-        closing = [c for c in checkpoints if c.origin == origin and c.tree_size > frontier.size]
-        if origin in wanted and not closing:
+    for origin in sorted(wanted):
+        report.problems += _check_lines(export, origin)  # (1)
+        unsigned = report.summary.unsigned.get(origin)
+        if unsigned is not None:  # (2)
             report.problems.append(
+                Problem(
+                    ProblemKind.UNSIGNED_RECORDS,
+                    origin,
+                    unsigned.first_seq,
+                    f"{unsigned.count} records from seq {unsigned.first_seq} on are covered by no signed checkpoint "
+                    "in the export: whoever handled the file could have rewritten them",
+                )
+            )
+        frontier = export.prefixes.get(origin)
+        if frontier is not None and not any(c.origin == origin and c.tree_size > frontier.size for c in checkpoints):
+            report.problems.append(  # (3)
                 Problem(
                     ProblemKind.ROOT_MISMATCH,
                     origin,
@@ -361,13 +459,21 @@ def verify_export(
     return report
 
 
-def _prefix_keys(export: ExportFile, wanted: set[str], synthetic: list[StoredCheckpoint]) -> list[VerifierKey]:
-    keys = []
-    for origin, frontier in export.prefixes.items():
-        if origin not in wanted:
-            continue
-        key = generate_signing_key(PREFIX_KEY_NAME)
-        body = Checkpoint(origin, frontier.size, frontier.root(), (render_retention_extension(frontier),))
-        synthetic.append(StoredCheckpoint(origin, frontier.size, frontier.root(), sign_checkpoint(body, key), ""))
-        keys.append(key.public())
-    return keys
+def _check_lines(export: ExportFile, origin: str) -> list[Problem]:
+    def inconsistent(reason: str) -> Problem:
+        return Problem(ProblemKind.INCONSISTENT_EXPORT, origin, 0, reason)
+
+    problems = []
+    if origin not in export.origins:
+        problems.append(inconsistent("the export holds lines of this origin but its header does not name it"))
+    declared, found = export.declared.get(origin), export.found.get(origin, LineCounts())
+    if declared is None:
+        problems.append(
+            inconsistent(
+                f"no origin line closes this origin's lines (the file holds {found.render()}): "
+                "its lines were removed, or the file was written by an exporter without origin lines"
+            )
+        )
+    elif declared != found:
+        problems.append(inconsistent(f"the origin line counts {declared.render()}, the file holds {found.render()}"))
+    return problems

@@ -2,7 +2,8 @@
 
 Owns generating a key, the C2SP signed-note key encodings (``PRIVATE+KEY+name+id+base64`` and
 the vkey ``name+id+base64``), loading a private key from a file or an environment variable,
-and deciding whether a (name, key id) is trusted at a given time. Note syntax is checkpoint.py's.
+and deciding whether a (name, key id) is trusted at a given time and for which origins
+(``KeyRing.may_sign``). Note syntax is checkpoint.py's.
 """
 
 from __future__ import annotations
@@ -40,6 +41,14 @@ class KeyOutsideWindowError(BadSignatureError):
     """Raised when a trusted key signed a checkpoint dated outside that key's validity window."""
 
 
+class KeyNotForOriginError(BadSignatureError):
+    """Raised when only trusted keys that the key ring does not bind to a checkpoint's origin signed it."""
+
+
+READER_ORIGIN_SUFFIX = "/cli"
+"""A gateway's CLI readers record to ``<origin>/cli``, signed with the gateway's key (cli/audit_reader.py)."""
+
+
 def verify_key_name(name: str) -> None:
     """Check a C2SP key name: non-empty, no Unicode spaces, no ``+``.
 
@@ -73,6 +82,8 @@ class VerifierKey:
     public_key: bytes
     valid_from: datetime | None = None
     valid_until: datetime | None = None
+    origins: tuple[str, ...] = ()
+    """The origins this key may sign checkpoints for (key ring ``origin=``); empty: see ``KeyRing.may_sign``."""
 
     @property
     def key_id(self) -> bytes:
@@ -220,10 +231,38 @@ class KeyRing:
     def __init__(self, keys: Iterable[VerifierKey] = ()) -> None:
         """Build a ring; a later key with the same (name, id) replaces an earlier one."""
         self._keys = {(key.name, key.key_id): key for key in keys}
+        self._claimed = {origin for key in self._keys.values() for origin in key.origins or (key.name,)}
+        """Origins some key claims outright: by an ``origin=`` binding, or, unbound, by its name."""
 
     def lookup(self, name: str, key_id: bytes) -> VerifierKey | None:
         """Return the trusted key with exactly this name and id, or None."""
         return self._keys.get((name, key_id))
+
+    def may_sign(self, key: VerifierKey, origin: str) -> bool:
+        """Whether ``key`` (a key of this ring) may sign checkpoints of ``origin``.
+
+        Without this, whoever holds the key of one origin could re-sign another origin's rewritten
+        log. (1) A key with ``origin=`` bindings signs exactly those origins. (2) An unbound key signs
+        the origin equal to its name (the C2SP convention), and that origin's reader log
+        ``<name>/cli`` unless another key claims it. (3) An unbound key that is the ring's only key
+        signs every origin: there is no second signer whose log it could take over.
+        """
+        if key.origins:  # (1)
+            return origin in key.origins
+        if origin == key.name:  # (2)
+            return True
+        if origin == key.name + READER_ORIGIN_SUFFIX and origin not in self._claimed:
+            return True
+        return len(self._keys) == 1  # (3)
+
+    def describe_binding(self, key: VerifierKey) -> str:
+        """Say which origins ``key`` may sign, for an error message."""
+        if key.origins:
+            return "it is bound to " + ", ".join(f"origin={origin}" for origin in key.origins)
+        return (
+            f"it has no origin= binding, so it signs only origin {key.name} (its name) and {key.name}"
+            f"{READER_ORIGIN_SUFFIX}, or any origin when it is the key ring's only key"
+        )
 
     def __iter__(self) -> Iterator[VerifierKey]:
         return iter(self._keys.values())
@@ -233,10 +272,13 @@ class KeyRing:
 
 
 def parse_key_ring(text: str) -> KeyRing:
-    """Parse one key per line: ``<vkey> [from=<RFC 3339>] [until=<RFC 3339>]``; ``#`` starts a comment.
+    """Parse one key per line: ``<vkey> [from=<RFC 3339>] [until=<RFC 3339>] [origin=<origin>]...``.
+
+    ``#`` starts a comment. ``origin=`` may be repeated: each names an origin the key may sign
+    (see ``KeyRing.may_sign`` for a key without one).
 
     Raises:
-        KeyFormatError: a malformed vkey, option or time.
+        KeyFormatError: a malformed vkey, option or time, or an empty or repeated origin.
     """
     keys: list[VerifierKey] = []
     for number, raw in enumerate(text.splitlines(), start=1):
@@ -246,12 +288,16 @@ def parse_key_ring(text: str) -> KeyRing:
         vkey, *options = line.split()
         key = parse_vkey(vkey)
         window: dict[str, datetime] = {}
+        origins: list[str] = []
         for option in options:
             field, sep, value = option.partition("=")
-            if not sep or field not in ("from", "until") or field in window:
-                raise KeyFormatError(f"key ring line {number}: unknown or repeated option {field!r}")
-            window[field] = _parse_time(value)
-        keys.append(VerifierKey(key.name, key.public_key, window.get("from"), window.get("until")))
+            if sep and field == "origin" and value and value not in origins:
+                origins.append(value)
+            elif not sep or field not in ("from", "until") or field in window:
+                raise KeyFormatError(f"key ring line {number}: unknown, empty or repeated option {option!r}")
+            else:
+                window[field] = _parse_time(value)
+        keys.append(VerifierKey(key.name, key.public_key, window.get("from"), window.get("until"), tuple(origins)))
     return KeyRing(keys)
 
 
@@ -261,5 +307,6 @@ def render_key_ring(ring: KeyRing) -> str:
     for key in ring:
         options = [f"from={key.valid_from.isoformat()}"] if key.valid_from else []
         options += [f"until={key.valid_until.isoformat()}"] if key.valid_until else []
+        options += [f"origin={origin}" for origin in key.origins]
         lines.append(" ".join([render_vkey(key), *options]))
     return "".join(line + "\n" for line in lines)

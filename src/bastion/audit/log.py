@@ -23,7 +23,7 @@ from typing import Any
 import httpx
 
 from bastion.audit.canonical import canonical_bytes
-from bastion.audit.checkpoint import Checkpoint, render_time_extension, sign_checkpoint
+from bastion.audit.checkpoint import CLOSED_EXTENSION, Checkpoint, render_time_extension, sign_checkpoint
 from bastion.audit.compact import Frontier
 from bastion.audit.entry import LogEntry, StoredCheckpoint
 from bastion.audit.hashing import hash_leaf
@@ -477,9 +477,10 @@ class AuditLog:
 
     # -- checkpoints -----------------------------------------------------------------------------
 
-    def _sign(self, frontier: Frontier, moment: datetime) -> StoredCheckpoint:
+    def _sign(self, frontier: Frontier, moment: datetime, *, closing: bool = False) -> StoredCheckpoint:
         root = frontier.root()
-        body = Checkpoint(self._origin, frontier.size, root, (render_time_extension(moment),))
+        extensions = (render_time_extension(moment), *((CLOSED_EXTENSION,) if closing else ()))
+        body = Checkpoint(self._origin, frontier.size, root, extensions)
         return StoredCheckpoint(self._origin, frontier.size, root, sign_checkpoint(body, self._key), render_time(moment))
 
     def _checkpoint_committed(self, checkpoint: StoredCheckpoint) -> None:
@@ -493,15 +494,14 @@ class AuditLog:
     async def _commit_checkpoint(self, final: bool = False) -> None:
         """Sign and store a checkpoint of the current tree (timed, heartbeat or final).
 
-        A final one is skipped when the newest checkpoint already signs the whole tree (a batch
-        carried it): a copy would add only the time.
+        The final one is signed even when the newest checkpoint already covers the whole tree: its
+        ``bastion-closed`` line is the signed statement that the writer stopped on purpose, after
+        which a verifier expects no heartbeat (verifier/origin.py).
         """
         try:
             if not self._healthy:
                 await self._recover()
-            if final and self._frontier.size == self._checkpoint_size:
-                return
-            checkpoint = self._sign(self._frontier, self._clock())
+            checkpoint = self._sign(self._frontier, self._clock(), closing=final)
             head = LogHead(self._origin, self._frontier.size, self._frontier.hashes)
             await self._store.append_batch(AppendBatch(head, (), (checkpoint,)))
         except Exception as exc:  # a failed checkpoint refuses no caller; it is counted and retried

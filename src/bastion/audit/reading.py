@@ -468,7 +468,7 @@ def verify_proof(proof: InclusionProof, keys: KeyRing) -> None:
     # (1)
     note = parse_signed_note(proof.checkpoint_note)
     checkpoint = parse_checkpoint(note.text)
-    verify_note(note, keys, parse_checkpoint_time(checkpoint))
+    verify_note(note, keys, parse_checkpoint_time(checkpoint), origin=checkpoint.origin)
     # (2)
     if (checkpoint.origin, checkpoint.tree_size) != (proof.origin, proof.tree_size):
         raise VerificationError(

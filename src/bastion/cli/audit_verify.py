@@ -32,7 +32,7 @@ from bastion.cli._audit_shared import (
 )
 from bastion.cli._store import resolve_store_url
 from bastion.errors import ConfigError, StorageError, VerificationError
-from bastion.storage import Store
+from bastion.storage import OpenMode, Store
 from bastion.verifier import Options, Report, TimestampTrust
 from bastion.verifier.timestamps import DEFAULT_TOLERANCE_S
 
@@ -43,7 +43,11 @@ def register(sub: Any) -> None:
     source = p.add_mutually_exclusive_group()
     source.add_argument("--store", metavar="URL", help="store URL, only read (default: $BASTION_STORE)")
     source.add_argument("--export", help="JSON Lines file written by 'bastion audit export'")
-    p.add_argument("--keys", required=True, help="key ring file: one vkey per line, optional from=/until=")
+    p.add_argument(
+        "--keys",
+        required=True,
+        help="key ring file: one vkey per line, optional from=/until= and origin= (an origin the key may sign)",
+    )
     p.add_argument("--trusted", help="a signed checkpoint obtained independently (e.g. from a witness)")
     p.add_argument(
         "--tsa-certs",
@@ -57,9 +61,26 @@ def register(sub: Any) -> None:
         help="how much later than a token's TSA time its checkpoint may be dated (default: %(default)s)",
     )
     add_origins(p)
-    p.add_argument("--max-gap-records", type=int, default=reading.DEFAULT_OPTIONS.max_records_between_checkpoints)
-    p.add_argument("--max-gap-seconds", type=float, default=reading.DEFAULT_OPTIONS.max_seconds_between_checkpoints)
-    p.add_argument("--now", action="store_true", help="also flag an unsigned tail older than --max-gap-seconds")
+    p.add_argument(
+        "--max-gap-records",
+        type=int,
+        default=reading.DEFAULT_OPTIONS.max_records_between_checkpoints,
+        help="most records allowed between checkpoints (default: %(default)s)",
+    )
+    p.add_argument(
+        "--max-gap-seconds",
+        type=float,
+        default=reading.DEFAULT_OPTIONS.max_seconds_between_checkpoints,
+        help="longest silence allowed between checkpoints, and longest wait of a record for one (default: %(default)s)",
+    )
+    p.add_argument(
+        "--now",
+        nargs="?",
+        const="",
+        metavar="TIME",
+        help="also flag a newest checkpoint (or unsigned tail) older than --max-gap-seconds at TIME "
+        "(RFC 3339; default: the current time)",
+    )
     p.add_argument("--json", action="store_true")
     p.set_defaults(run=run_verify)
 
@@ -68,6 +89,20 @@ def register(sub: Any) -> None:
     p.add_argument("--keys", required=True)
     p.add_argument("--json", action="store_true")
     p.set_defaults(run=run_verify_proof)
+
+
+def _parse_now(value: str | None) -> datetime | None:
+    if value is None:
+        return None
+    if not value:
+        return datetime.now(UTC)
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError as exc:
+        raise BadInputError(f"--now {value!r} is not an RFC 3339 time") from exc
+    if moment.tzinfo is None:
+        raise BadInputError(f"--now {value!r} needs a UTC offset")
+    return moment
 
 
 def _load_trusted(path: str) -> StoredCheckpoint:
@@ -109,19 +144,19 @@ def run_verify(args: argparse.Namespace) -> int:
         options = Options(
             max_records_between_checkpoints=args.max_gap_records,
             max_seconds_between_checkpoints=args.max_gap_seconds,
-            now=datetime.now(UTC) if args.now else None,
+            now=_parse_now(args.now),
         )
         if args.export:
-            report = export.verify_export(
-                Path(args.export), ring, trusted=trusted, origins=args.origin, options=options, tsa=tsa
-            )
+            report = _verify_export(Path(args.export), args.origin, ring, trusted, options, tsa)
         else:
             origins = list(dict.fromkeys(args.origin))
             if origins and trusted is not None and trusted.origin not in origins:
                 origins.append(trusted.origin)
             report = run(
                 with_store(
-                    resolve_store_url(args), lambda store: _verify_store(store, origins, ring, trusted, options, tsa)
+                    resolve_store_url(args),
+                    lambda store: _verify_store(store, origins, ring, trusted, options, tsa),
+                    mode=OpenMode.READ_ONLY,  # the verifier never changes the log it checks
                 )
             )
     except (ConfigError, StorageError, reading.EvidenceFormatError) as exc:
@@ -149,6 +184,26 @@ async def _verify_store(
     try:
         return await reading.verify_store(
             store, origins, ring, trusted=trusted, options=options, on_progress=progress, tsa=tsa
+        )
+    finally:
+        if progress is not None:
+            progress.close()
+
+
+def _verify_export(
+    path: Path,
+    origins: list[str],
+    ring: KeyRing,
+    trusted: StoredCheckpoint | None,
+    options: Options,
+    tsa: TimestampTrust | None,
+) -> Report:
+    exported = export.read_export(path)
+    wanted = set(origins or exported.all_origins())
+    progress = _Progress(exported.count_records(wanted)) if sys.stderr.isatty() else None
+    try:
+        return export.verify_export(
+            exported, ring, trusted=trusted, origins=origins, options=options, tsa=tsa, on_progress=progress
         )
     finally:
         if progress is not None:

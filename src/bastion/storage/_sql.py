@@ -304,9 +304,17 @@ def _where(terms: list[str], qualifier: str) -> str:
     return f" WHERE {' AND '.join(term.format(q=qualifier) for term in terms)}" if terms else ""
 
 
+def _stored_bytes(value: Any) -> Any:
+    """A BLOB/bytea column as bytes; a value of another type (the row was rewritten outside the
+    writer, e.g. SQLite ``CAST(body AS TEXT)``) is passed on unchanged for the verifier to report."""
+    return bytes(value) if isinstance(value, (bytes, bytearray, memoryview)) else value
+
+
 def entry_from_row(row: Any) -> LogEntry:
     """Build a LogEntry from a row selected with ``ENTRY_COLUMNS``."""
-    return LogEntry(origin=row[0], seq=row[1], time=row[2], kind=row[3], body=bytes(row[4]), leaf_hash=bytes(row[5]))
+    return LogEntry(
+        origin=row[0], seq=row[1], time=row[2], kind=row[3], body=_stored_bytes(row[4]), leaf_hash=_stored_bytes(row[5])
+    )
 
 
 def checkpoint_from_row(row: Any) -> StoredCheckpoint:

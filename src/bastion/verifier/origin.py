@@ -1,21 +1,23 @@
 """Walk one origin's records in order: rebuild its tree and classify every deviation.
 
 Owns the per-origin state (expected seq, frontier, reorder stash, root comparisons, checkpoint
-cadence). Each step below is numbered in verifier/verify.py's checklist; the numbers in the
-comments refer to it. Opening checkpoints is checkpoints.py's; the report shape is report.py's.
+cadence and heartbeats, where the records start and which are unsigned). Each step below is
+numbered in verifier/verify.py's checklist; the numbers in the comments refer to it. Opening
+checkpoints is checkpoints.py's; the report shape is report.py's.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
+from itertools import pairwise
 
 from bastion.audit.canonical import CanonicalEncodingError, parse_canonical
 from bastion.audit.compact import Frontier
 from bastion.audit.entry import LogEntry
 from bastion.audit.hashing import HASH_SIZE_BYTES, hash_leaf
 from bastion.verifier.checkpoints import OpenedCheckpoint
-from bastion.verifier.report import Problem
+from bastion.verifier.report import Problem, SeqRange
 from bastion.verifier.report import ProblemKind as K
 
 
@@ -25,18 +27,40 @@ class Options:
 
     max_records_between_checkpoints: int = 1000
     max_seconds_between_checkpoints: float = 600.0
+    """Also the longest silence between two checkpoints: a running writer signs a heartbeat every
+    ``heartbeat_s`` (300 s by default), so twice that is the default."""
     reorder_window: int = 64
     """Rows stashed while waiting for a missing seq before it is declared deleted."""
     now: datetime | None = None
-    """When given, an unsigned tail older than the time limit is a checkpoint gap."""
+    """When given, a newest checkpoint (or an unsigned tail) older than the time limit is a checkpoint gap."""
 
 
 @dataclass(frozen=True, slots=True)
 class _Row:
     seq: int
     row_seq: int
-    leaf_hash: bytes
+    leaf_hash: bytes | None
+    """None when the row's stored hash is unusable: the tree cannot be rebuilt past it."""
     time: datetime | None
+
+
+_COLUMN_TYPES: tuple[tuple[str, type], ...] = (
+    ("seq", int),
+    ("time", str),
+    ("kind", str),
+    ("body", bytes),
+    ("leaf_hash", bytes),
+)
+"""What the writer stores in each column (audit/entry.py); a store hands rows over as it finds them."""
+
+
+def _wrong_columns(entry: LogEntry) -> dict[str, str]:
+    found: dict[str, str] = {}
+    for name, kind in _COLUMN_TYPES:
+        value = getattr(entry, name)
+        if not isinstance(value, kind) or isinstance(value, bool):
+            found[name] = f"{name} holds {type(value).__name__}, not {kind.__name__}"
+    return found
 
 
 def _time(value: object) -> datetime | None:
@@ -53,14 +77,24 @@ class OriginWalk:
     """Feed rows of one origin in stored order, then ``finish()``; problems accumulate."""
 
     def __init__(
-        self, origin: str, checkpoints: list[OpenedCheckpoint], trusted: OpenedCheckpoint | None, options: Options
+        self,
+        origin: str,
+        checkpoints: list[OpenedCheckpoint],
+        trusted: OpenedCheckpoint | None,
+        options: Options,
+        prefix: Frontier | None = None,
     ):
+        """``prefix``: an unsigned frontier of the records before the first one given (an export's
+        prefix line); the tree continues from it, and only later signed roots can confirm it."""
         self.origin = origin
         self.problems: list[Problem] = []
+        self.first_seq: int | None = None
+        """The seq of the first record fed, None when there was none."""
         self._options = options
         self._checkpoints = sorted(checkpoints, key=lambda c: c.checkpoint.tree_size)
         self._trusted = trusted
         self._retention = {c.checkpoint.tree_size: c for c in checkpoints if c.retention is not None}
+        self._prefix = prefix
         self._frontier: Frontier | None = None
         self._started = False
         self._start = 0
@@ -81,6 +115,23 @@ class OriginWalk:
 
     def feed(self, entry: LogEntry) -> None:
         """Check one row locally, then place it in the tree."""
+        # (1a) column types: a row rewritten outside the writer (e.g. SQLite ``CAST(body AS TEXT)``)
+        # comes with values of another type, which cannot be hashed; the stored leaf hash, if
+        # intact, still places the row so later roots confirm the records around it.
+        wrong = _wrong_columns(entry)
+        if wrong:
+            position = self._next if "seq" in wrong else entry.seq
+            self._report(
+                K.MODIFIED_RECORD,
+                position,
+                f"stored columns of another type than the writer stores ({'; '.join(wrong.values())}): "
+                "the row was rewritten outside the writer",
+            )
+            if "seq" not in wrong:  # without a seq the row has no place: the walk sees its seq missing
+                usable = "leaf_hash" not in wrong and len(entry.leaf_hash) == HASH_SIZE_BYTES
+                self._start_at(entry.seq)
+                self._place(_Row(entry.seq, entry.seq, entry.leaf_hash if usable else None, _time(entry.time)))
+            return
         # (1) leaf hash and canonical body.
         recomputed = hash_leaf(entry.body)
         body: object = None
@@ -109,10 +160,13 @@ class OriginWalk:
                 self._report(K.MODIFIED_RECORD, seq, "stored time/kind columns differ from the body")
         elif body is not None:
             self._report(K.MODIFIED_RECORD, entry.seq, "body is not a JSON object")
-        row = _Row(seq, entry.seq, leaf_hash, _time(entry.time))
+        self._start_at(seq)
+        self._place(_Row(seq, entry.seq, leaf_hash, _time(entry.time)))
+
+    def _start_at(self, first_seq: int) -> None:
         if not self._started:
-            self._begin(row.seq)
-        self._place(row)
+            self.first_seq = first_seq
+            self._begin(first_seq)
 
     def _place(self, row: _Row) -> None:
         # (3) position: duplicate, out of order, or next.
@@ -142,7 +196,9 @@ class OriginWalk:
 
     def _accept(self, row: _Row) -> None:
         # (4) append to the tree, then compare any checkpoint at the new size.
-        if self._frontier is not None:
+        if row.leaf_hash is None:
+            self._frontier = None
+        elif self._frontier is not None:
             self._frontier.append(row.leaf_hash)
         self._next += 1
         self._check_roots()
@@ -181,8 +237,11 @@ class OriginWalk:
         elif first_seq in self._retention:
             retained = self._retention[first_seq].retention
             self._frontier = retained.copy() if retained is not None else None
+        elif self._prefix is not None and self._prefix.size == first_seq:
+            self._frontier = self._prefix.copy()
         else:
-            proven = max((size for size in self._retention if size < first_seq), default=0)
+            starts = [*self._retention, *([self._prefix.size] if self._prefix is not None else [])]
+            proven = max((size for size in starts if size < first_seq), default=0)
             self._report(
                 K.DELETED_RECORD,
                 proven,
@@ -239,7 +298,7 @@ class OriginWalk:
     def finish(self) -> None:
         """Resolve stashed rows, truncation, root results and checkpoint cadence."""
         if not self._started:
-            self._begin(max(self._retention, default=0))
+            self._begin(max([*self._retention, *([self._prefix.size] if self._prefix is not None else [])], default=0))
         while self._pending:
             if self._next in self._pending:
                 self._drain(reordered=True)
@@ -295,6 +354,8 @@ class OriginWalk:
             previous = size
         if self._next - previous > limit:
             self._report(K.CHECKPOINT_GAP, previous, f"{self._next - previous} records after the last checkpoint")
+        if self._finish_heartbeats():
+            return
         end = self._options.now or self._last_time
         limit_s = self._options.max_seconds_between_checkpoints
         if (
@@ -303,3 +364,48 @@ class OriginWalk:
             and (end - self._tail_first_time).total_seconds() > limit_s
         ):
             self._report(K.CHECKPOINT_GAP, max(previous, self._start), "unsigned tail older than the time limit")
+
+    def _finish_heartbeats(self) -> bool:
+        """(7b) Report silences; True when the newest checkpoint is already reported as too old at ``now``."""
+        # A running writer signs at least every heartbeat_s, even with nothing new. A longer silence
+        # means checkpoints were deleted (with the records they signed, if the tree was then grown
+        # again from the cut), or the writer stopped without closing. Only a checkpoint the writer
+        # signed at shutdown may be followed by silence. Retention checkpoints are signed by
+        # ``audit prune``, not by the writer, so they are no heartbeat.
+        limit = self._options.max_seconds_between_checkpoints
+        dated = sorted(
+            ((c.signed_at, c) for c in self._checkpoints if c.signed_at is not None and c.retention is None),
+            key=lambda pair: pair[0],
+        )
+        waited = {p.position for p in self.problems if p.kind is K.CHECKPOINT_GAP}  # the same silence, seen by a record
+        for (before_at, before), (after_at, _) in pairwise(dated):
+            silence = (after_at - before_at).total_seconds()
+            if silence > limit and not before.closed and before.checkpoint.tree_size not in waited:
+                self._report(
+                    K.CHECKPOINT_GAP,
+                    before.checkpoint.tree_size,
+                    f"no checkpoint for {silence:.0f} s after this one (limit {limit:g} s) and it was not signed "
+                    "at shutdown: checkpoints were deleted, or the writer stopped signing",
+                )
+        now = self._options.now
+        if now is None or not dated:
+            return False
+        newest_at, newest = dated[-1]
+        age = (now - newest_at).total_seconds()
+        if age <= limit or newest.closed:
+            return False
+        self._report(
+            K.CHECKPOINT_GAP,
+            newest.checkpoint.tree_size,
+            f"the newest checkpoint is {age:.0f} s old at {now.isoformat()} (limit {limit:g} s) and was not signed "
+            "at shutdown: the newest records and their checkpoints were deleted, or the writer stopped signing",
+        )
+        return True
+
+    def unsigned(self) -> SeqRange | None:
+        """The records after the newest signed checkpoint (or the trusted one), after ``finish()``."""
+        sizes = [c.checkpoint.tree_size for c in self._checkpoints]
+        if self._trusted is not None:
+            sizes.append(self._trusted.checkpoint.tree_size)
+        first = max([self._start, *sizes])
+        return SeqRange(first, self._next - first) if self._next > first else None

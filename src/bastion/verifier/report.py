@@ -36,6 +36,8 @@ class ProblemKind(Enum):
     """A trusted key's signature on a checkpoint does not verify."""
     UNKNOWN_KEY = "UNKNOWN_KEY"
     """A checkpoint carries no signature from any key in the key ring."""
+    KEY_NOT_FOR_ORIGIN = "KEY_NOT_FOR_ORIGIN"
+    """A checkpoint is signed only by trusted keys that the key ring does not bind to its origin."""
     KEY_OUTSIDE_WINDOW = "KEY_OUTSIDE_WINDOW"
     """A trusted key signed a checkpoint dated outside that key's validity window."""
     MALFORMED_CHECKPOINT = "MALFORMED_CHECKPOINT"
@@ -43,7 +45,11 @@ class ProblemKind(Enum):
     MODIFIED_CHECKPOINT = "MODIFIED_CHECKPOINT"
     """A stored checkpoint's columns (origin, size, root) differ from its signed note."""
     CHECKPOINT_GAP = "CHECKPOINT_GAP"
-    """More records or more time than allowed went by without a signed checkpoint."""
+    """More records or more time than allowed went by without a signed checkpoint (a missing heartbeat included)."""
+    UNSIGNED_RECORDS = "UNSIGNED_RECORDS"
+    """An export holds records that no signed checkpoint in it covers: anyone who handled the file may have rewritten them."""
+    INCONSISTENT_EXPORT = "INCONSISTENT_EXPORT"
+    """An export's header or per-origin lines disagree with the lines it holds: lines were removed or added."""
     TRUSTED_UNVERIFIABLE = "TRUSTED_UNVERIFIABLE"
     """The trusted checkpoint lies before the retention point, so retained records cannot reach it."""
     BAD_TIMESTAMP = "BAD_TIMESTAMP"
@@ -62,6 +68,14 @@ class Problem:
     reason: str
 
 
+@dataclass(frozen=True, slots=True)
+class SeqRange:
+    """``count`` records from ``first_seq`` on."""
+
+    first_seq: int
+    count: int
+
+
 @dataclass(slots=True)
 class Summary:
     """What was read."""
@@ -71,6 +85,10 @@ class Summary:
     origins: list[str] = field(default_factory=list)
     first_time: str | None = None
     last_time: str | None = None
+    starts: dict[str, int] = field(default_factory=dict)
+    """Origins whose records start after seq 0 (pruned behind a retention checkpoint, or an export window)."""
+    unsigned: dict[str, SeqRange] = field(default_factory=dict)
+    """Per origin, the records after its newest signed checkpoint: no signature covers them yet."""
     timestamped_checkpoints: int | None = None
     """Checkpoints carrying at least one verified RFC 3161 token; None when tokens were not checked."""
     latest_timestamp: str | None = None
@@ -96,6 +114,13 @@ class Report:
             f"records: {s.records}  checkpoints: {s.checkpoints}  origins: {', '.join(_escape(o) for o in s.origins)}",
             f"time: {_escape(s.first_time or '-')} .. {_escape(s.last_time or '-')}",
         ]
+        if s.starts:
+            lines.append("starts: " + ", ".join(f"{_escape(o)} at seq {seq}" for o, seq in sorted(s.starts.items())))
+        if s.unsigned:
+            lines.append(
+                "unsigned (after the newest checkpoint): "
+                + ", ".join(f"{_escape(o)} {_render_range(r)}" for o, r in sorted(s.unsigned.items()))
+            )
         if s.timestamped_checkpoints is not None:
             lines.append(
                 f"timestamps: {s.timestamped_checkpoints} checkpoints carry a verified RFC 3161 token, "
@@ -116,6 +141,10 @@ class Report:
                 "origins": self.summary.origins,
                 "first_time": self.summary.first_time,
                 "last_time": self.summary.last_time,
+                "starts": self.summary.starts,
+                "unsigned": {
+                    origin: {"first_seq": r.first_seq, "records": r.count} for origin, r in self.summary.unsigned.items()
+                },
                 "timestamped_checkpoints": self.summary.timestamped_checkpoints,
                 "latest_timestamp": self.summary.latest_timestamp,
             },
@@ -125,6 +154,10 @@ class Report:
             ],
         }
         return json.dumps(document, ensure_ascii=True, sort_keys=True)
+
+
+def _render_range(seqs: SeqRange) -> str:
+    return f"seq {seqs.first_seq}..{seqs.first_seq + seqs.count - 1} ({seqs.count} records)"
 
 
 def _escape(text: str) -> str:

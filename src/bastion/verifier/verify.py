@@ -8,10 +8,14 @@ Checklist (the step numbers tag the code in checkpoints.py (a)-(d), origin.py (1
 
  0. Open every stored checkpoint first (checkpoints.py): (a) malformed note -> MALFORMED_CHECKPOINT;
     (b) no signature from a ring key -> UNKNOWN_KEY, a ring key's signature fails -> BAD_SIGNATURE,
-    verified but dated (``bastion-time``) outside the key's window -> KEY_OUTSIDE_WINDOW; such a
-    checkpoint proves nothing and is dropped. (c) Columns differing from the signed note ->
-    MODIFIED_CHECKPOINT; the signed values are used. (d) A retention line must rebuild the signed root.
- 1. Per row, hash the body. Non-canonical body -> MODIFIED_RECORD. Canonical but hashing to something
+    verified only by keys the ring does not bind to the signed origin (``KeyRing.may_sign``) ->
+    KEY_NOT_FOR_ORIGIN, verified but dated (``bastion-time``) outside the key's window ->
+    KEY_OUTSIDE_WINDOW; such a checkpoint proves nothing and is dropped. (c) Columns differing from
+    the signed note -> MODIFIED_CHECKPOINT; the signed values are used. (d) A retention line must
+    rebuild the signed root; a ``bastion-closed`` line marks the writer's shutdown.
+ 1. (1a) A row whose columns hold values of another type than the writer stores (a column rewritten
+    outside the writer) -> MODIFIED_RECORD; its stored leaf hash, if intact, still enters the tree.
+    Per row, hash the body. Non-canonical body -> MODIFIED_RECORD. Canonical but hashing to something
     other than the stored leaf hash -> MODIFIED_RECORD: the body was edited after the write and the
     stored hash is the original. The tree is then built from the *stored* hash, so later checkpoint
     roots still confirm the untouched records and one edit does not cascade into every checkpoint.
@@ -28,9 +32,9 @@ Checklist (the step numbers tag the code in checkpoints.py (a)-(d), origin.py (1
     After a gap the tree cannot be rebuilt, so later roots are not compared.
  4. Append the leaf hash to the frontier; compare every checkpoint (and the trusted one) at that size.
  5. Where the log starts: seq 0 starts an empty tree. A first seq S > 0 needs a retention checkpoint at
-    size S; its frontier continues the tree (pruning). Otherwise DELETED_RECORD for the head. Checkpoints
-    below S predate the retention point and are not compared; a trusted checkpoint there ->
-    TRUSTED_UNVERIFIABLE.
+    size S, or an unsigned prefix frontier of size S (an export's window); its frontier continues the
+    tree. Otherwise DELETED_RECORD for the head. Checkpoints below S predate the retention point and are
+    not compared; a trusted checkpoint there -> TRUSTED_UNVERIFIABLE. The summary names S per origin.
  6. Roots (after the last row): because the rebuilt tree diverges for good once a wrong leaf enters,
     a mismatching checkpoint followed by a matching one is itself the odd one out -> INCONSISTENT_CHECKPOINT
     (a signed fork); a mismatch with no later match -> ROOT_MISMATCH at the first such size, naming the
@@ -40,9 +44,11 @@ Checklist (the step numbers tag the code in checkpoints.py (a)-(d), origin.py (1
     same from their roots alone).
  7. Cadence: more than ``max_records_between_checkpoints`` records between consecutive checkpoints, a record
     that waited longer than ``max_seconds_between_checkpoints`` for its covering checkpoint, or an unsigned
-    tail over either limit -> CHECKPOINT_GAP.
+    tail over either limit -> CHECKPOINT_GAP. (7b) Heartbeats: two checkpoints consecutive in signed time
+    further apart than ``max_seconds_between_checkpoints``, or (with ``now``) a newest checkpoint older
+    than that -> CHECKPOINT_GAP at the earlier one, unless it carries ``bastion-closed``.
  8. Tail: a checkpoint (or the trusted one) larger than the records present -> TRUNCATED_TAIL at the first
-    missing seq.
+    missing seq. The records after the newest checkpoint are listed in the summary as unsigned.
  9. RFC 3161 tokens, only when the auditor gives TSA certificates (timestamps.py), at the token's tree size:
     (9a) malformed, altered, or not chaining to those certificates (with the timeStamping key purpose)
     -> BAD_TIMESTAMP; (9b) a genuine token whose imprint is SHA-256 of no note stored at that size, or
@@ -52,8 +58,9 @@ Checklist (the step numbers tag the code in checkpoints.py (a)-(d), origin.py (1
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 
+from bastion.audit.compact import Frontier
 from bastion.audit.entry import LogEntry, StoredCheckpoint, StoredTimestamp
 from bastion.audit.keys import KeyRing
 from bastion.verifier.checkpoints import OpenedCheckpoint, open_checkpoint
@@ -75,13 +82,17 @@ def verify_log(
     options: Options = DEFAULT_OPTIONS,
     timestamps: Iterable[StoredTimestamp] = (),
     tsa: TimestampTrust | None = None,
+    prefixes: Mapping[str, Frontier] | None = None,
 ) -> Report:
     """Verify a log offline and return what was found (``Report.ok`` when nothing was).
 
     Preconditions: ``entries`` yields each origin's rows in stored seq order (origins may be
-    interleaved); ``keys`` holds the log keys the auditor trusts, with their validity windows.
-    ``timestamps`` are checked only when ``tsa`` names the TSA certificates the auditor trusts.
-    Never raises for bad log content: every finding becomes a ``Problem``.
+    interleaved); ``keys`` holds the log keys the auditor trusts, with their validity windows and
+    origin bindings. ``timestamps`` are checked only when ``tsa`` names the TSA certificates the
+    auditor trusts. ``prefixes`` gives, per origin, an unsigned frontier of the records before its
+    first one (an export that starts mid-log): the tree continues from it and only the origin's
+    later signed roots can confirm it. Never raises for bad log content: every finding becomes a
+    ``Problem``.
     """
     problems: list[Problem] = []
     summary = Summary()
@@ -105,16 +116,16 @@ def verify_log(
     def walk_for(origin: str) -> OriginWalk:
         if origin not in walks:
             mine = trusted_opened if trusted_opened and trusted_opened.checkpoint.origin == origin else None
-            walks[origin] = OriginWalk(origin, opened.get(origin, []), mine, options)
+            prefix = prefixes.get(origin) if prefixes is not None else None
+            walks[origin] = OriginWalk(origin, opened.get(origin, []), mine, options, prefix)
         return walks[origin]
 
     # (1)-(4) rows.
     for entry in entries:
         summary.records += 1
-        if summary.first_time is None or entry.time < summary.first_time:
-            summary.first_time = entry.time
-        if summary.last_time is None or entry.time > summary.last_time:
-            summary.last_time = entry.time
+        if isinstance(entry.time, str):  # (1a) reports a time column of another type
+            summary.first_time = min(summary.first_time or entry.time, entry.time)
+            summary.last_time = max(summary.last_time or entry.time, entry.time)
         walk_for(entry.origin).feed(entry)
         if on_progress is not None and summary.records % PROGRESS_EVERY_RECORDS == 0:
             on_progress(summary.records)
@@ -124,8 +135,14 @@ def verify_log(
     if trusted_opened is not None:
         walk_for(trusted_opened.checkpoint.origin)
     for origin in sorted(walks):
-        walks[origin].finish()
-        problems.extend(walks[origin].problems)
+        walk = walks[origin]
+        walk.finish()
+        problems.extend(walk.problems)
+        if walk.first_seq:
+            summary.starts[origin] = walk.first_seq
+        unsigned = walk.unsigned()
+        if unsigned is not None:
+            summary.unsigned[origin] = unsigned
     summary.origins = sorted(walks)
     # (9) tokens on checkpoints.
     if stamps is not None:

@@ -16,7 +16,7 @@ import pydantic
 import pytest
 
 from bastion.audit.canonical import CanonicalEncodingError
-from bastion.audit.checkpoint import parse_checkpoint, parse_signed_note, verify_note
+from bastion.audit.checkpoint import CLOSED_EXTENSION, parse_checkpoint, parse_signed_note, verify_note
 from bastion.audit.compact import root_from_leaf_hashes
 from bastion.audit.entry import StoredCheckpoint
 from bastion.audit.hashing import hash_leaf
@@ -438,7 +438,7 @@ async def test_losses_are_recorded_at_shutdown_when_the_store_comes_back_after_a
     assert [(e.kind, orjson.loads(e.body)["detail"]) for e in stored] == [("records_lost", {"records_lost": 1})]
 
 
-async def test_no_checkpoint_is_stored_twice_when_close_follows_a_batch_checkpoint_at_once(
+async def test_close_signs_a_closing_checkpoint_even_when_a_batch_checkpoint_covers_the_tree(
     store: FlakyStore, key: SigningKey
 ) -> None:
     moment = datetime(2026, 11, 25, 6, 0, tzinfo=UTC)  # every checkpoint signed in the same millisecond
@@ -446,9 +446,9 @@ async def test_no_checkpoint_is_stored_twice_when_close_follows_a_batch_checkpoi
                    checkpoints=CheckpointPolicy(every_records=1, every_s=3600, heartbeat_s=3600))
     await log.start()
     await asyncio.wait_for(log.append(event(1)), WAIT_S)  # its batch carries the checkpoint at size 1
-    await asyncio.wait_for(log.aclose(), WAIT_S)  # the final one would say the same
-    notes = [c.note for c in await store.fetch_checkpoints(ORIGIN)]
-    assert len(notes) == len(set(notes)) and any(c.tree_size == 1 for c in await store.fetch_checkpoints(ORIGIN))
+    await asyncio.wait_for(log.aclose(), WAIT_S)  # the final one says the same, and that the writer stopped
+    stored = [c for c in await store.fetch_checkpoints(ORIGIN) if c.tree_size == 1]  # 0: the fixture's start
+    assert [CLOSED_EXTENSION in parse_checkpoint(parse_signed_note(c.note).text).extensions for c in stored] == [False, True]
 
 
 async def test_waiters_are_refused_not_stranded_when_the_head_cannot_be_reloaded(store: FlakyStore, key: SigningKey) -> None:

@@ -197,8 +197,8 @@ def test_reader_origin_verifies_when_several_reads_were_recorded(log: Log, capsy
         assert run(capsys, *READS[command].argv(log), "--store", log.url, *log.rec)[0] == 0
     code, out, _ = run(capsys, "verify", "--store", log.url, "--keys", str(log.ring), "--origin", READER)
     assert code == 0, out
-    # Each read commits its record with a checkpoint; close has nothing newer to sign.
-    assert out.splitlines()[0] == f"records: 3  checkpoints: 3  origins: {READER}"
+    # Each read commits its record with a checkpoint, and its close signs the closing one.
+    assert out.splitlines()[0] == f"records: 3  checkpoints: 6  origins: {READER}"
     code, out, _ = run(capsys, "verify", "--store", log.url, "--keys", str(log.ring), "--json")
     assert code == 0, out
     assert json.loads(out)["summary"]["origins"] == [ORIGIN, READER]

@@ -6,7 +6,13 @@ from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 from bastion.audit.canonical import canonical_bytes
-from bastion.audit.checkpoint import Checkpoint, render_retention_extension, render_time_extension, sign_checkpoint
+from bastion.audit.checkpoint import (
+    CLOSED_EXTENSION,
+    Checkpoint,
+    render_retention_extension,
+    render_time_extension,
+    sign_checkpoint,
+)
 from bastion.audit.compact import Frontier
 from bastion.audit.entry import LogEntry, StoredCheckpoint
 from bastion.audit.hashing import hash_leaf
@@ -23,18 +29,28 @@ def stamp(seconds: float) -> str:
     return (T0 + timedelta(seconds=seconds)).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-def entry(seq: int, origin: str = ORIGIN, note: str = "", row_seq: int | None = None) -> LogEntry:
-    """One record whose body carries its own origin, seq, time and kind."""
-    body = canonical_bytes(
-        {"origin": origin, "seq": seq, "time": stamp(seq), "kind": "request", "note": note or f"r{seq}"}
-    )
-    return LogEntry(origin, seq if row_seq is None else row_seq, stamp(seq), "request", body, hash_leaf(body))
+def entry(
+    seq: int, origin: str = ORIGIN, note: str = "", row_seq: int | None = None, at_s: float | None = None
+) -> LogEntry:
+    """One record whose body carries its own origin, seq, time (``at_s`` after T0, default ``seq``) and kind."""
+    time = stamp(seq if at_s is None else at_s)
+    body = canonical_bytes({"origin": origin, "seq": seq, "time": time, "kind": "request", "note": note or f"r{seq}"})
+    return LogEntry(origin, seq if row_seq is None else row_seq, time, "request", body, hash_leaf(body))
 
 
 def checkpoint_at(
-    entries: list[LogEntry], size: int, key: SigningKey = KEY, signed_s: float | None = None, retention: bool = False
+    entries: list[LogEntry],
+    size: int,
+    key: SigningKey = KEY,
+    signed_s: float | None = None,
+    retention: bool = False,
+    closed: bool = False,
+    origin: str | None = None,
 ) -> StoredCheckpoint:
-    """Sign a checkpoint over the first ``size`` entries (by their stored leaf hashes)."""
+    """Sign a checkpoint over the first ``size`` entries (by their stored leaf hashes).
+
+    ``closed`` marks it as signed by a writer shutting down; ``origin`` overrides the entries' origin.
+    """
     frontier = Frontier()
     for e in entries[:size]:
         frontier.append(e.leaf_hash)
@@ -42,7 +58,9 @@ def checkpoint_at(
     extensions = [render_time_extension(T0 + timedelta(seconds=seconds))]
     if retention:
         extensions.append(render_retention_extension(frontier))
-    cp = Checkpoint(entries[0].origin if entries else ORIGIN, size, frontier.root(), tuple(extensions))
+    if closed:
+        extensions.append(CLOSED_EXTENSION)
+    cp = Checkpoint(origin or (entries[0].origin if entries else ORIGIN), size, frontier.root(), tuple(extensions))
     return StoredCheckpoint(cp.origin, size, cp.root_hash, sign_checkpoint(cp, key), stamp(seconds))
 
 

@@ -9,7 +9,7 @@ import pytest
 from logfactory import KEY, ORIGIN, RING, T0, build, checkpoint_at, entry, rewrite
 
 from bastion.audit.keys import KeyRing, SigningKey, VerifierKey
-from bastion.verifier import Options, Report, verify_log
+from bastion.verifier import Options, Report, SeqRange, verify_log
 from bastion.verifier import ProblemKind as K
 
 
@@ -80,7 +80,7 @@ def test_inserted_record_when_a_second_row_claims_a_taken_seq() -> None:
 def test_inserted_record_and_root_mismatch_when_forged_row_inserted_with_renumbering() -> None:
     entries, checkpoints = build()
     tail = [replace(e, seq=e.seq + 1) for e in entries[5:]]
-    entries = entries[:5] + [entry(5, note="forged")] + tail
+    entries = [*entries[:5], entry(5, note="forged"), *tail]
     kinds = found(verify_log(entries, checkpoints, RING))
     assert kinds[0] == (K.INSERTED_RECORD, 5)
     assert (K.ROOT_MISMATCH, 8) in kinds
@@ -144,7 +144,7 @@ def test_modified_checkpoint_when_stored_root_column_differs_from_note() -> None
 
 def test_inconsistent_checkpoint_when_a_signed_fork_sits_between_good_ones() -> None:
     entries, checkpoints = build()
-    forked = entries[:5] + [rewrite(entries[5], "fork", rehash=True)] + entries[6:]
+    forked = [*entries[:5], rewrite(entries[5], "fork", rehash=True), *entries[6:]]
     checkpoints[1] = checkpoint_at(forked, 8)
     assert found(verify_log(entries, checkpoints, RING)) == [(K.INCONSISTENT_CHECKPOINT, 8)]
 
@@ -163,7 +163,7 @@ def test_deleted_record_at_zero_when_head_missing_without_retention_checkpoint()
 def test_trusted_checkpoint_checked_when_auditor_supplies_one() -> None:
     entries, checkpoints = build()
     assert verify_log(entries, checkpoints, RING, trusted=checkpoint_at(entries, 6)).ok
-    fork = entries[:2] + [rewrite(entries[2], "fork", rehash=True)] + entries[3:]
+    fork = [*entries[:2], rewrite(entries[2], "fork", rehash=True), *entries[3:]]
     assert found(verify_log(entries, checkpoints, RING, trusted=checkpoint_at(fork, 6))) == [
         (K.INCONSISTENT_CHECKPOINT, 6)
     ]
@@ -192,10 +192,10 @@ def test_checkpoint_gap_when_records_exceed_the_limit() -> None:
 
 
 def test_checkpoint_gap_when_a_record_waits_too_long() -> None:
-    entries, _ = build()
-    checkpoints = [checkpoint_at(entries, 4), checkpoint_at(entries, 8, signed_s=1000), checkpoint_at(entries, 12)]
+    entries, _ = build(n=8)
+    checkpoints = [checkpoint_at(entries, 4), checkpoint_at(entries, 8, signed_s=1000)]
     report = verify_log(entries, checkpoints, RING, options=Options(max_seconds_between_checkpoints=600))
-    assert found(report) == [(K.CHECKPOINT_GAP, 4)]
+    assert found(report) == [(K.CHECKPOINT_GAP, 4)]  # once: the silence after checkpoint 4 is the same finding
 
 
 def test_checkpoint_gap_when_unsigned_tail_is_older_than_limit_at_now() -> None:
@@ -232,7 +232,7 @@ def test_render_text_escapes_control_characters_when_origin_is_hostile() -> None
     entries = [entry(0, hostile)]
     report = verify_log(entries, [], RING, options=Options(max_records_between_checkpoints=0))
     text = report.render_text()
-    assert len(text.splitlines()) == 3 + len(report.problems)
+    assert len(text.splitlines()) == 4 + len(report.problems)  # records, time, unsigned, result
     assert "\\u000a" in text and "\\u001b" in text and "\\u2028" in text
 
 
@@ -249,3 +249,33 @@ def test_to_json_carries_kinds_and_positions_when_problems_exist() -> None:
 def test_tiny_logs_verify_when_untouched(size: int) -> None:
     entries, checkpoints = build(n=size, every=1)
     assert verify_log(entries, checkpoints, RING).ok
+
+
+@pytest.mark.parametrize(
+    ("column", "value"),
+    [("body", "text"), ("leaf_hash", None), ("time", None), ("kind", 7)],
+    ids=["body-cast-to-text", "leaf-hash-null", "time-null", "kind-integer"],
+)
+def test_modified_record_not_a_crash_when_a_column_holds_another_type(column: str, value: object) -> None:
+    entries, checkpoints = build()
+    changed = entries[3]
+    entries[3] = replace(changed, **{column: value if column != "body" else changed.body.decode()})
+    report = verify_log(entries, checkpoints, RING)
+    assert found(report) == [(K.MODIFIED_RECORD, 3)]
+    assert f"{column} holds" in report.problems[0].reason
+
+
+def test_summary_names_where_a_pruned_log_starts_and_its_unsigned_records() -> None:
+    entries, checkpoints = build()
+    retention = checkpoint_at(entries, 4, signed_s=30, retention=True)
+    tail = [*entries, entry(12), entry(13)]
+    report = verify_log(tail[4:], [retention, *checkpoints], RING)
+    assert report.ok
+    assert report.summary.starts == {ORIGIN: 4}
+    assert report.summary.unsigned == {ORIGIN: SeqRange(12, 2)}
+    text = report.render_text()
+    assert f"starts: {ORIGIN} at seq 4\n" in text
+    assert f"unsigned (after the newest checkpoint): {ORIGIN} seq 12..13 (2 records)\n" in text
+    summary = json.loads(report.to_json())["summary"]
+    assert (summary["starts"], summary["unsigned"]) == ({ORIGIN: 4}, {ORIGIN: {"first_seq": 12, "records": 2}})
+    assert verify_log(entries, checkpoints, RING).summary.unsigned == {}
