@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,7 +21,7 @@ import orjson
 import pytest
 
 from bastion.jsonrpc import codes
-from tests.e2e.gateway import MCP_HEADERS, echo_upstream, open_raw_session, running_gateway
+from tests.e2e.gateway import MCP_HEADERS, ROOT, echo_upstream, open_raw_session, running_gateway
 
 pytestmark = [pytest.mark.e2e, pytest.mark.anyio]
 
@@ -107,3 +108,20 @@ async def test_on_sqlite_a_store_that_cannot_write_refuses_calls_and_keeps_sessi
     log = records(workdir)
     assert [r["kind"] for r in log].count("session_closed") == 1
     assert not any(r.get("what", {}).get("name") == "add_tool" for r in log)
+
+
+async def test_an_upstream_error_without_a_message_fails_that_call_alone(workdir: Path) -> None:
+    description = workdir / "description.txt"
+    description.write_text("Runs a read-only SQL query.")
+    shifty = {"command": [sys.executable, str(ROOT / "tests" / "servers" / "shifty_server.py")],
+              "env": {"SHIFTY_DESCRIPTION_FILE": str(description)}}
+    with running_gateway({"upstreams": {"db": shifty}}, workdir=str(workdir)) as base:
+        url = f"{base}/servers/db/mcp"
+        async with httpx.AsyncClient(timeout=10) as http:
+            headers = await open_raw_session(http, url)
+            bad = await http.post(url, json=call(1, "query", {"sql": "bare error"}), headers=headers)
+            assert bad.json()["error"]["code"] == codes.UPSTREAM_UNAVAILABLE  # "answered with garbage": not relayed as it came
+            good = await http.post(url, json=call(2, "query", {"sql": "select 1"}), headers=headers)
+            assert good.json()["result"]["content"][0]["text"] == "1 row"  # the upstream link lives on
+    for record in records(workdir):
+        jsonschema.validate(record, SCHEMA)

@@ -89,7 +89,8 @@ async def test_metrics_count_witness_copies_and_sink_deliveries_when_both_are_co
     assert caught_up, text
     assert found["bastion_audit_checkpoints"] >= 2 and found["bastion_audit_records_committed"] >= 5
     copies = len(list((tmp_path / "witness").rglob("*.note")))
-    assert copies == found["bastion_audit_witness_delivered"] + 1  # and the closing checkpoint, after the read
+    # Plus what shutdown signs after the read: a checkpoint with gateway_stopped, then the closing one.
+    assert found["bastion_audit_witness_delivered"] + 1 <= copies <= found["bastion_audit_witness_delivered"] + 2
     assert 'bastion_audit_sink_records_dropped{sink="siem-file"} 0.0' in text
     assert "bastion_audit_witness_failures 0.0" in text
 

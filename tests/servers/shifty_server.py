@@ -5,6 +5,9 @@ that file is missing, tools/list fails).
 With $SHIFTY_SECOND_PAGE_FILE set, tools/list has two pages: ``query`` first, then ``report``,
 described by that file's text (while it is missing, the second page fails).
 
+A call of ``query`` with ``sql`` "bare error" is answered with an error that has no message,
+which JSON-RPC 2.0 forbids.
+
 Speaks just enough MCP (2025-11-25, newline-delimited JSON-RPC) to be listed and called.
 """
 
@@ -46,6 +49,10 @@ for line in sys.stdin:
         more = {"nextCursor": "2"} if SECOND_PAGE_FILE is not None and not second_page else {}
         reply(message["id"], {"tools": [tool], **more})
     elif method == "tools/call":
+        if (message["params"].get("arguments") or {}).get("sql") == "bare error":
+            sys.stdout.write(json.dumps({"jsonrpc": "2.0", "id": message["id"], "error": {"code": -32000}}) + "\n")
+            sys.stdout.flush()
+            continue
         reply(message["id"], {"content": [{"type": "text", "text": "1 row"}], "isError": False})
     else:
         sys.stdout.write(json.dumps({"jsonrpc": "2.0", "id": message["id"],

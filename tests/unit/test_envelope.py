@@ -8,7 +8,7 @@ import pytest
 
 from bastion.errors import ProtocolError
 from bastion.jsonrpc import codes
-from bastion.jsonrpc.envelope import MessageKind, classify, parse_body
+from bastion.jsonrpc.envelope import MessageKind, classify, invalid_response_id, parse_body
 
 
 @pytest.mark.parametrize(("message", "kind"), [
@@ -53,3 +53,15 @@ def test_bodies_that_hold_no_message_are_refused_precisely(body: bytes, code: in
     with pytest.raises(ProtocolError) as info:
         parse_body(body)
     assert info.value.code == code
+
+
+@pytest.mark.parametrize(("line", "request_id"), [
+    (b'{"jsonrpc": "2.0", "id": 7, "error": {"code": -32000}}', 7),  # a response naming its request
+    (b'{"jsonrpc": "2.0", "id": "a", "result": 1, "extra": true}', "a"),
+    (b'{"jsonrpc": "2.0", "id": 7, "method": "x", "params": 1}', None),  # a request, not a response
+    (b'{"jsonrpc": "2.0", "id": 1.5, "error": {}}', None),
+    (b"not json", None),
+    (b"[1]", None),
+])
+def test_a_refused_line_names_its_request_only_when_it_is_a_response(line: bytes, request_id: object) -> None:
+    assert invalid_response_id(line) == request_id

@@ -358,19 +358,19 @@ class AuditLog:
             await self._recover()
         except Exception as exc:  # the store's head is unreadable or malformed: refuse, retry next batch
             failure = exc if isinstance(exc, StorageError) else StorageError(f"cannot reload the log head: {exc}")
-            self._fail(self._take_batch()[0], failure)
+            self._fail(self._take_batch(refusing=True)[0], failure)
             self._space.set()
 
-    def _take_batch(self) -> tuple[list[_Staged], Frontier]:
+    def _take_batch(self, *, refusing: bool = False) -> tuple[list[_Staged], Frontier]:
         """Unstage the next batch and the frontier at its end.
 
-        A batch holds at most ``max_batch_records`` and never runs past the size at which the next
-        checkpoint is due, so that no more than ``every_records`` records ever lie between two
-        checkpoints (a verifier holds the log to that).
+        A batch holds at most ``max_batch_records`` and, unless it is taken only to be refused,
+        never runs past the size at which the next checkpoint is due, so that no more than
+        ``every_records`` records ever lie between two checkpoints (a verifier holds the log to that).
         """
         start = self._in_flight[-1].frontier if self._in_flight else self._frontier
         due_at = max(self._checkpoint_asked, 0) + self._policy.every_records
-        limit = min(self._max_batch, max(1, due_at - start.size))
+        limit = self._max_batch if refusing else min(self._max_batch, max(1, due_at - start.size))
         if len(self._staged) <= limit:
             batch, self._staged = self._staged, []
             frontier = self._staged_frontier.copy()

@@ -59,6 +59,19 @@ def parse_message(line: bytes | str) -> Message:
     return value  # type: ignore[no-any-return]
 
 
+def invalid_response_id(text: bytes | str) -> RequestId | None:
+    """The id of a line that ``parse_message`` refused but that is a JSON response naming its
+    request (say, an error without its message): that request can fail alone, for the framing
+    around it is intact. None for anything else."""
+    try:
+        value = orjson.loads(text)
+    except orjson.JSONDecodeError:
+        return None
+    if not isinstance(value, dict) or "method" in value or not _valid_id(value.get("id")):
+        return None
+    return value["id"]  # type: ignore[no-any-return]
+
+
 def classify(message: Any) -> MessageKind:
     """Say what kind of JSON-RPC message this is.
 

@@ -63,22 +63,25 @@ class Gateway:
             await session.close()
 
     async def close_session(self, session_id: str, *, unrecorded: bool = False) -> bool:
-        """End a session, its session_closed record first: a session the log cannot record as
-        closed stays open (the client may retry) unless ``unrecorded`` (shutdown) says close it anyway.
+        """End a session, its session_closed record first (the calls it then cancels are recorded
+        after it, as cancelled). A session the log cannot record as closed stays open and serving,
+        so the client may retry, unless ``unrecorded`` or a stopping gateway says close it anyway.
 
         Raises:
             StorageError: the record failed and the session is still open.
         """
-        session = self.sessions.pop(session_id, None)  # taken out first: a concurrent close finds nothing
-        if session is None:
+        session = self.sessions.get(session_id)
+        if session is None or session.closing:  # a close already under way finishes the job
             return False
+        session.closing = True
         try:
             await self.recorder.session(session.caller, opened=False)
         except StorageError:
-            if not unrecorded:
-                self.sessions[session_id] = session
+            if not unrecorded and self.accepting:
+                session.closing = False
                 raise
-            log.error("session %s closed at shutdown without its session_closed record", session_id)
+            log.error("session %s closed without its session_closed record: the audit store cannot write", session_id)
+        self.sessions.pop(session_id, None)
         await session.close()
         return True
 

@@ -67,6 +67,8 @@ class DownstreamSession:
         self._backlog: deque[Message] = deque(maxlen=_BACKLOG_LIMIT)
         self._tasks: set[asyncio.Task[Any]] = set()
         self.last_used = time.monotonic()
+        self.closing = False
+        """A close is recording this session's end; a second close leaves it to that one."""
         self.closed = False
 
     # -- streams -----------------------------------------------------------------------------

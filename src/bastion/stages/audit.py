@@ -14,6 +14,7 @@ records, encrypted for the auditors' keys.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
 import time
@@ -34,6 +35,10 @@ from bastion.masking.masker import Masker
 from bastion.pipeline.stage import Next
 
 log = logging.getLogger(__name__)
+
+CANCELLED_RECORD_WAIT_S = 5.0
+"""How long a cancelled call waits for its ``cancelled`` record; past that the record still
+commits, but the session closing or the gateway stopping need not wait for a hung store."""
 
 def who(caller: CallerContext) -> dict[str, Any]:
     """The identity fields of an audit event."""
@@ -93,7 +98,7 @@ class AuditStage:
             arguments_sha256 = None  # the masking below refuses it with the reason
         try:
             sealed = self._seal(ex, SealedField.ARGUMENTS, raw)
-            receipt = await self._log.append(
+            request_record = self._log.append(
                 AuditEvent(
                     kind=kind,
                     arguments=self._masker.mask_json(raw).value if raw is not None else None,
@@ -103,6 +108,12 @@ class AuditStage:
                     **base,
                 )
             )
+            try:
+                receipt = await request_record
+            except asyncio.CancelledError:  # the record may still commit: close the pair all the same
+                if ex.kind is Kind.REQUEST:
+                    await self._record_cancelled(ex, base, detail)
+                raise
         except StorageError as exc:
             return {"error": error_body(exc.code, exc.public_message)} if ex.kind is Kind.REQUEST else None
         except (MaskingError, CanonicalEncodingError) as exc:
@@ -122,12 +133,16 @@ class AuditStage:
         return await self._record_reply(ex, reply, base, detail)
 
     async def _record_cancelled(self, ex: Exchange, base: dict[str, Any], detail: Any) -> None:
-        """Close a cancelled request's record pair; nothing is released, so a store failure is only logged."""
+        """Close a cancelled request's record pair; nothing is released, so a store failure is only logged.
+
+        The append runs as a task of its own: a second cancellation of this call cannot withdraw
+        the record, and waiting for it is bounded.
+        """
         event = self._response_event(ex, base, detail, Outcome.CANCELLED.value, None, None, None, None)
-        try:
-            await self._log.append(event)
-        except StorageError:
-            log.exception("the cancellation of request %r could not be recorded", ex.id)
+        appended = asyncio.ensure_future(self._log.append(event))
+        appended.add_done_callback(_report_unrecorded_cancellation)
+        with contextlib.suppress(StorageError, TimeoutError):
+            await asyncio.wait_for(asyncio.shield(appended), CANCELLED_RECORD_WAIT_S)
 
     async def _record_reply(self, ex: Exchange, reply: Reply, base: dict[str, Any], detail: Any) -> Reply:
         notes = ex.notes
@@ -136,13 +151,13 @@ class AuditStage:
         flag = result.get("isError") if isinstance(result, dict) and ex.method == "tools/call" else None
         is_error = flag if isinstance(flag, bool) else None  # the record's is_error is a boolean or absent
         outcome = notes.outcome or ("error" if error is not None or is_error else "ok")
-        if result is not None and notes.raw_result_sha256 is None and not notes.result_masked:
-            notes.raw_result_sha256 = raw_sha256(result)  # unmasked so far: this is the result as received
         try:
             if result is None or notes.result_masked:
                 released = result  # already masked for release with a superset of the log's profiles
             else:
                 released = self._masker.mask_json(result).value
+                if notes.raw_result_sha256 is None:
+                    notes.raw_result_sha256 = raw_sha256(result)  # unmasked so far: the result as received
             # The masking stage leaves the unmasked result only where it changed it; elsewhere it is the reply's.
             sealed = self._seal(ex, SealedField.RESULT, notes.raw_result if notes.raw_result is not None else result)
             event = self._response_event(ex, base, detail, outcome, released, sealed, is_error, error)
@@ -188,6 +203,11 @@ class AuditStage:
         return {"error": refusal}
 
 
+def _report_unrecorded_cancellation(appended: asyncio.Future[Any]) -> None:
+    if not appended.cancelled() and (exc := appended.exception()) is not None:
+        log.error("a cancelled request's record could not be written: %s", exc)
+
+
 def _unrecordable(part: str, exc: MaskingError | CanonicalEncodingError, detail: Any) -> dict[str, Any]:
     """Why ``part`` is missing from its record: too deep to mask, or no RFC 8785 form (integers beyond ±2^53)."""
     reason = exc.data.get("reason") if isinstance(exc, MaskingError) else "no canonical JSON form"
@@ -196,8 +216,15 @@ def _unrecordable(part: str, exc: MaskingError | CanonicalEncodingError, detail:
 
 def raw_sha256(result: Any) -> str:
     """SHA-256 of a result as Bastion received it, before any masking, as compact JSON (the bytes
-    ``audit.seal_raw`` seals, so an auditor who unseals them can check the digest)."""
-    return hashlib.sha256(orjson.dumps(result)).hexdigest()
+    ``audit.seal_raw`` seals, so an auditor who unseals them can check the digest).
+
+    Raises:
+        CanonicalEncodingError: the result is nested deeper than the JSON encoder goes.
+    """
+    try:
+        return hashlib.sha256(orjson.dumps(result)).hexdigest()
+    except orjson.JSONEncodeError as exc:
+        raise CanonicalEncodingError(f"not encodable as JSON: {exc}") from exc
 
 
 class GatewayRecorder:

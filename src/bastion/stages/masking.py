@@ -69,10 +69,10 @@ class MaskingStage:
         mask_result = _RESULT_MASKERS.get(ex.method)
         if reply is None or mask_result is None or not isinstance(reply.get("result"), dict):
             return reply
+        outcome = mask_result(masker, reply["result"])  # first: it refuses what is too deep to encode
         ex.notes.raw_result_sha256 = raw_sha256(reply["result"])
         if self._keep_raw:
             ex.notes.raw_result = reply["result"]
-        outcome = mask_result(masker, reply["result"])
         self._note(ex, outcome, "result")
         ex.notes.result_masked = True  # the masker's profiles always include the defaults the log uses
         return {**reply, "result": outcome.value} if outcome.changed else reply
@@ -86,10 +86,10 @@ class MaskingStage:
         if ex.kind is Kind.NOTIFICATION or reply is None or not isinstance(reply.get("result"), dict):
             return reply
         result: dict[str, Any] = reply["result"]
+        outcome = mask_message_result(masker, ex.method, result)  # first: it refuses what is too deep to encode
         ex.notes.raw_result_sha256 = raw_sha256(result)
         if self._keep_raw:
             ex.notes.raw_result = result
-        outcome = mask_message_result(masker, ex.method, result)
         self._note(ex, outcome, "result")
         ex.notes.result_masked = True
         return {**reply, "result": outcome.value} if outcome.changed else reply

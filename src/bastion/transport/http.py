@@ -18,6 +18,7 @@ from typing import Any
 
 from starlette.types import Receive, Scope, Send
 
+from bastion.audit.canonical import CanonicalEncodingError
 from bastion.errors import AuthenticationError, BastionError, ProtocolError, StorageError
 from bastion.exchange import CallerContext, Exchange
 from bastion.identity.principal import Principal
@@ -192,10 +193,14 @@ class McpHttpEndpoint:
                 raise HttpError(503, codes.AUDIT_UNAVAILABLE, "Service Unavailable: the audit store cannot record") from None
         elif not headers.get("mcp-session-id") and any(m.get("method") == "server/discover" for m in messages):
             # A 2026-07-28 client probing: answer as a handshake-era server so it falls back to initialize.
-            # The answer is a refusal and carries no data; it is recorded like one, before it leaves.
+            # Recorded before it leaves, like every answer; if it cannot be, the answer is that failure.
             code, text = codes.METHOD_NOT_FOUND, "Method not found: server/discover"
-            with contextlib.suppress(StorageError):
+            try:
                 await self.gateway.record_unrouted(caller, messages[0], {"error": {"code": code, "message": text}})
+            except StorageError:
+                raise HttpError(503, codes.AUDIT_UNAVAILABLE, "Service Unavailable: the audit store cannot record") from None
+            except CanonicalEncodingError:
+                raise HttpError(400, codes.INVALID_REQUEST, "Invalid Request: the id has no record form") from None
             await _respond_json(send, 200, render_error(messages[0].get("id"), code, text))
             return
         else:

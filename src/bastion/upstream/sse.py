@@ -11,7 +11,7 @@ from urllib.parse import urljoin
 import aiohttp
 
 from bastion.errors import ProtocolError, UpstreamError
-from bastion.jsonrpc.envelope import Message, dumps, parse_message
+from bastion.jsonrpc.envelope import Message, dumps, invalid_response_id, parse_message
 from bastion.transport.sse import parse_events
 from bastion.upstream.base import TransportListener
 from bastion.upstream.lines import HTTP_ERRORS, response_lines
@@ -66,7 +66,7 @@ class SseTransport:
                     try:
                         message = parse_message(event.data)
                     except ProtocolError:
-                        listener.on_invalid("upstream sent invalid JSON-RPC", None)
+                        listener.on_invalid("upstream sent invalid JSON-RPC", invalid_response_id(event.data))
                         continue
                     await listener.on_message(message, None)
         except UpstreamError as exc:

@@ -13,7 +13,7 @@ import os
 import signal
 
 from bastion.errors import ProtocolError, UpstreamError
-from bastion.jsonrpc.envelope import Message, dumps, parse_message
+from bastion.jsonrpc.envelope import Message, dumps, invalid_response_id, parse_message
 from bastion.upstream.base import TransportListener
 
 log = logging.getLogger("bastion.upstream.stdio")
@@ -79,7 +79,7 @@ class StdioTransport:
                         "upstream wrote invalid JSON-RPC to stdout",
                         extra={"upstream": self.name, "line": line[:200].decode("utf-8", "replace")},
                     )
-                    listener.on_invalid("upstream wrote invalid JSON-RPC to stdout", None)
+                    listener.on_invalid("upstream wrote invalid JSON-RPC to stdout", invalid_response_id(line))
                     continue
                 await listener.on_message(message, None)
         finally:

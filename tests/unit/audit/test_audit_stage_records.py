@@ -20,6 +20,7 @@ from bastion.exchange import CallerContext, Direction, Exchange, Kind, Reply
 from bastion.identity.principal import Principal
 from bastion.masking import MaskingEngine
 from bastion.masking.settings import MaskingSettings
+from bastion.stages import audit as audit_stage
 from bastion.stages.audit import AuditStage
 from bastion.storage import AuditStore, open_store
 
@@ -127,3 +128,68 @@ async def test_an_is_error_that_is_not_a_boolean_is_left_out_of_the_record(harne
     _, response = await harness.records()
     assert "is_error" not in response["result"]
     assert response["result"]["released"] == result
+
+
+def deep(levels: int) -> dict[str, Any]:
+    value: dict[str, Any] = {"text": "x"}
+    for _ in range(levels):
+        value = {"a": value}
+    return value
+
+
+async def test_a_result_too_deep_to_encode_is_refused_and_recorded(harness: Harness) -> None:
+    reply = await harness.run(harness.exchange("tools/list", None, answer({"tools": [], "x": deep(300)})))
+    assert reply is not None and "error" in reply
+    _, response = await harness.records()
+    assert response["detail"]["unrecordable"]["part"] == "result"
+
+
+async def test_a_cancelled_call_does_not_wait_for_a_hung_store(harness: Harness, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(audit_stage, "CANCELLED_RECORD_WAIT_S", 0.2)
+    upstream_called = asyncio.Event()
+
+    async def hang_upstream(ex: Exchange) -> Reply:
+        upstream_called.set()
+        harness.stage._log = HungLog()  # type: ignore[assignment]  # from now on the store hangs
+        await asyncio.Event().wait()
+        raise AssertionError("unreachable")
+
+    task = asyncio.create_task(harness.run(harness.exchange("tools/call", {"name": "slow", "arguments": {}}, hang_upstream)))
+    await asyncio.wait_for(upstream_called.wait(), 5)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await asyncio.wait_for(task, 2)  # bounded by CANCELLED_RECORD_WAIT_S, not by the store
+
+
+async def test_a_second_cancellation_does_not_withdraw_the_cancelled_record(harness: Harness) -> None:
+    upstream_called = asyncio.Event()
+    real_append = harness.log.append
+    slow_appends = asyncio.Event()
+
+    async def slow_append(event: Any) -> Any:
+        slow_appends.set()
+        await asyncio.sleep(0.2)
+        return await real_append(event)
+
+    async def hang_upstream(ex: Exchange) -> Reply:
+        upstream_called.set()
+        harness.log.append = slow_append  # type: ignore[method-assign]
+        await asyncio.Event().wait()
+        raise AssertionError("unreachable")
+
+    ex = harness.exchange("tools/call", {"name": "slow", "arguments": {}}, hang_upstream)
+    task = asyncio.create_task(harness.stage(ex, lambda e: e.deliver(e)))  # the stage itself is cancelled, twice
+    await asyncio.wait_for(upstream_called.wait(), 5)
+    task.cancel()
+    await asyncio.wait_for(slow_appends.wait(), 5)  # the cancelled record is on its way
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    await asyncio.sleep(0.5)
+    _, response = await harness.records()
+    assert response["outcome"] == "cancelled"
+
+
+class HungLog:
+    async def append(self, event: Any) -> Any:
+        await asyncio.Event().wait()

@@ -470,6 +470,26 @@ async def test_waiters_are_refused_not_stranded_when_the_head_cannot_be_reloaded
     await log.aclose()
 
 
+async def test_one_failed_head_reload_refuses_a_whole_batch_of_waiters(store: FlakyStore, key: SigningKey) -> None:
+    # At a checkpoint boundary committed batches are cut to one record; refusals must not be.
+    log = make_log(store, key, checkpoints=CheckpointPolicy(every_records=1, every_s=3600, heartbeat_s=3600))
+    await log.start()
+    store.fail_next_batches = 1
+    with pytest.raises(StorageError):
+        await asyncio.wait_for(log.append(event(0)), WAIT_S)
+    reloads = 0
+
+    async def store_still_down(origin: str) -> Any:
+        nonlocal reloads
+        reloads += 1
+        raise StorageError("database is down")
+
+    store.fetch_head = store_still_down  # type: ignore[method-assign]
+    results = await asyncio.wait_for(asyncio.gather(*(log.append(event(i)) for i in range(50)), return_exceptions=True), WAIT_S)
+    assert all(isinstance(r, StorageError) for r in results)
+    assert reloads == 1
+
+
 async def test_only_the_bad_event_fails_when_it_cannot_be_canonicalised(store: FlakyStore, key: SigningKey) -> None:
     log = make_log(store, key)
     await log.start()
