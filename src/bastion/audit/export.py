@@ -19,7 +19,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any
 
-from bastion.audit.checkpoint import parse_checkpoint, parse_retention, parse_signed_note
 from bastion.audit.compact import Frontier, MalformedFrontierError
 from bastion.audit.entry import LogEntry, StoredCheckpoint, StoredTimestamp
 from bastion.audit.keys import KeyRing
@@ -30,9 +29,10 @@ from bastion.audit.reading import (
     fetch_all_checkpoints,
     fetch_all_timestamps,
     field_of,
+    retention_frontier,
 )
 from bastion.audit.record import render_time
-from bastion.errors import StorageError, VerificationError
+from bastion.errors import StorageError
 from bastion.storage.base import Store
 from bastion.verifier import Options, Problem, ProblemKind, Report, TimestampTrust, verify_log
 
@@ -116,17 +116,7 @@ def _entry_doc(entry: LogEntry) -> dict[str, Any]:
 
 def _start_frontier(checkpoints: list[StoredCheckpoint], first_seq: int) -> Frontier | None:
     """The frontier before ``first_seq``: empty at 0, else the retention frontier signed at that size."""
-    if first_seq == 0:
-        return Frontier()
-    for stored in checkpoints:
-        if stored.tree_size == first_seq:
-            try:
-                frontier = parse_retention(parse_checkpoint(parse_signed_note(stored.note).text))
-            except VerificationError:
-                continue
-            if frontier is not None:
-                return frontier
-    return None
+    return Frontier() if first_seq == 0 else retention_frontier(checkpoints, first_seq)
 
 
 async def write_export(store: Store, origins: list[str], window: ExportWindow, out: IO[str]) -> ExportStats:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
@@ -276,7 +276,15 @@ async def fetch_retention_frontier(store: AuditStore, origin: str, tree_size: in
         if len(at_size) < limit:
             break
         limit *= 2
-    for stored in at_size:
+    return retention_frontier(at_size, tree_size)
+
+
+def retention_frontier(checkpoints: Iterable[StoredCheckpoint], tree_size: int) -> Frontier | None:
+    """The frontier carried by the first well-formed retention checkpoint at ``tree_size`` among
+    ``checkpoints``, or None (signatures unchecked, as in ``fetch_retention_frontier``)."""
+    for stored in checkpoints:
+        if stored.tree_size != tree_size:
+            continue
         try:
             frontier = parse_retention(parse_checkpoint(parse_signed_note(stored.note).text))
         except VerificationError:

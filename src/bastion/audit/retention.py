@@ -18,7 +18,6 @@ from datetime import UTC, datetime
 from bastion.audit.checkpoint import (
     Checkpoint,
     parse_checkpoint,
-    parse_retention,
     parse_signed_note,
     render_retention_extension,
     render_time_extension,
@@ -29,7 +28,7 @@ from bastion.audit.compact import Frontier
 from bastion.audit.entry import StoredCheckpoint
 from bastion.audit.hashing import hash_leaf
 from bastion.audit.keys import KeyRing, SigningKey
-from bastion.audit.reading import PAGE_RECORDS, fetch_all_checkpoints
+from bastion.audit.reading import PAGE_RECORDS, fetch_retention_frontier
 from bastion.audit.record import render_time
 from bastion.audit.witness import Witness
 from bastion.errors import StorageError, VerificationError
@@ -57,15 +56,9 @@ async def _start_frontier(store: AuditStore, origin: str, first_seq: int) -> Fro
     """The frontier before the first stored record: empty, or the one a retention checkpoint signed."""
     if first_seq == 0:
         return Frontier()
-    for stored in await fetch_all_checkpoints(store, origin, first_seq):
-        if stored.tree_size != first_seq:
-            break
-        try:
-            frontier = parse_retention(parse_checkpoint(parse_signed_note(stored.note).text))
-        except VerificationError:
-            continue
-        if frontier is not None:
-            return frontier
+    frontier = await fetch_retention_frontier(store, origin, first_seq)
+    if frontier is not None:
+        return frontier
     raise RetentionError(f"records of {origin!r} before seq {first_seq} are gone without a retention checkpoint")
 
 
