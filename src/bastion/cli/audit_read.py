@@ -1,6 +1,6 @@
 """``bastion audit search|show|tail|proof|unseal|export``: every command that releases records.
 
-Thin shells over audit/{reading,export,sealing}.py. Each one first records the read in the log
+Thin shells over audit/{reading,proving,export,sealing}.py. Each one first records the read in the log
 (cli/audit_reader.py: a ``log_read``, or ``log_exported`` for export, durable and signed) and
 only then reads; if the record cannot be written the command prints why, exits 2 and releases
 nothing. Malformed arguments (numbers, times, a search cursor) are refused by argparse, exit 2,
@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from bastion.audit import export, reading
+from bastion.audit import export, proving, reading
 from bastion.audit.entry import LogEntry
 from bastion.audit.record import EventKind
 from bastion.audit.seal_keys import load_seal_private_key
@@ -210,11 +210,11 @@ def run_proof(args: argparse.Namespace) -> int:
     ring = load_ring(args.keys) if args.keys else None
     detail = {"command": "proof", "origin": args.origin, "seq": args.seq}
     proof = run_recorded(
-        resolve_reader(args), detail, lambda store: reading.build_inclusion_proof(store, args.origin, args.seq)
+        resolve_reader(args), detail, lambda store: proving.build_inclusion_proof(store, args.origin, args.seq)
     )
     if ring is not None:
-        reading.verify_proof(proof, ring)
-    text = reading.render_proof(proof)
+        proving.verify_proof(proof, ring)
+    text = proving.render_proof(proof)
     if args.out:
         Path(args.out).write_text(text, encoding="utf-8")
     else:

@@ -1,7 +1,7 @@
 """``bastion audit verify|verify-proof``: check a stored or exported log, or one proof, offline.
 
-Thin shells over bastion.verifier, audit/reading.py and audit/export.py. Exit codes: 0 verified,
-1 verification failed, 2 bad input. These commands only read and are deliberately *not*
+Thin shells over bastion.verifier and audit/{reading,export_verify,proving}.py. Exit codes: 0
+verified, 1 verification failed, 2 bad input. These commands only read and are deliberately *not*
 recorded in the log: an independent verifier may hold read-only credentials, and must not
 change the log it checks (docs/audit.md, "Reads of the log are recorded").
 """
@@ -15,9 +15,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from bastion.audit import export, reading
+from bastion.audit import export_verify, proving, reading
 from bastion.audit.checkpoint import MalformedNoteError, parse_checkpoint, parse_signed_note
 from bastion.audit.entry import StoredCheckpoint
+from bastion.audit.evidence import EvidenceFormatError
 from bastion.audit.keys import KeyRing
 from bastion.audit.timestamping import read_tsa_certificates
 from bastion.cli._audit_shared import (
@@ -159,7 +160,7 @@ def run_verify(args: argparse.Namespace) -> int:
                     mode=OpenMode.READ_ONLY,  # the verifier never changes the log it checks
                 )
             )
-    except (ConfigError, StorageError, reading.EvidenceFormatError) as exc:
+    except (ConfigError, StorageError, EvidenceFormatError) as exc:
         return fail_input(exc)
     print(report.to_json() if args.json else report.render_text(), end="\n" if args.json else "")
     return 0 if report.ok else 1
@@ -198,11 +199,11 @@ def _verify_export(
     options: Options,
     tsa: TimestampTrust | None,
 ) -> Report:
-    exported = export.read_export(path)
+    exported = export_verify.read_export(path)
     wanted = set(origins or exported.all_origins())
     progress = _Progress(exported.count_records(wanted)) if sys.stderr.isatty() else None
     try:
-        return export.verify_export(
+        return export_verify.verify_export(
             exported, ring, trusted=trusted, origins=origins, options=options, tsa=tsa, on_progress=progress
         )
     finally:
@@ -213,11 +214,11 @@ def _verify_export(
 def run_verify_proof(args: argparse.Namespace) -> int:
     try:
         ring = load_ring(args.keys)
-        proof = reading.parse_proof(read_text(args.file, "proof"))
-    except (ConfigError, reading.EvidenceFormatError) as exc:
+        proof = proving.parse_proof(read_text(args.file, "proof"))
+    except (ConfigError, EvidenceFormatError) as exc:
         return fail_input(exc)
     try:
-        reading.verify_proof(proof, ring)
+        proving.verify_proof(proof, ring)
     except VerificationError as exc:
         reason = f"{type(exc).__name__}: {exc}"
         print(json.dumps({"ok": False, "reason": reason}) if args.json else f"result: FAILED\n{escape(reason)}")

@@ -1,4 +1,4 @@
-"""``reading.build_inclusion_proof`` before and after retention: a retained record stays provable."""
+"""``proving.build_inclusion_proof`` before and after retention: a retained record stays provable."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from bastion.audit import reading, retention
+from bastion.audit import proving, retention
 from bastion.audit.keys import KeyRing, SigningKey
 from bastion.audit.log import AuditLog, CheckpointPolicy
 from bastion.audit.record import AuditEvent, EventKind
@@ -39,28 +39,28 @@ async def store() -> AsyncIterator[Store]:
 
 @pytest.mark.parametrize("cut", range(1, RECORDS + 1))
 async def test_every_retained_record_has_the_proof_it_had_before_the_prune(store: Store, cut: int) -> None:
-    before = {seq: await reading.build_inclusion_proof(store, ORIGIN, seq) for seq in range(RECORDS)}
+    before = {seq: await proving.build_inclusion_proof(store, ORIGIN, seq) for seq in range(RECORDS)}
     await retention.prune(store, ORIGIN, cut, KEY)
     for seq in range(cut, RECORDS):
-        proof = await reading.build_inclusion_proof(store, ORIGIN, seq)
+        proof = await proving.build_inclusion_proof(store, ORIGIN, seq)
         assert proof == before[seq]
-        reading.verify_proof(proof, RING)
+        proving.verify_proof(proof, RING)
 
 
 async def test_a_record_stays_provable_after_two_prunes(store: Store) -> None:
     await retention.prune(store, ORIGIN, 3, KEY)
     await retention.prune(store, ORIGIN, 7, KEY)
     for seq in range(7, RECORDS):
-        reading.verify_proof(await reading.build_inclusion_proof(store, ORIGIN, seq), RING)
+        proving.verify_proof(await proving.build_inclusion_proof(store, ORIGIN, seq), RING)
 
 
 async def test_a_pruned_record_is_refused_as_not_stored(store: Store) -> None:
     await retention.prune(store, ORIGIN, 6, KEY)
     with pytest.raises(StorageError, match=r"record 'gw\.test/log'/5 is not stored"):
-        await reading.build_inclusion_proof(store, ORIGIN, 5)
+        await proving.build_inclusion_proof(store, ORIGIN, 5)
 
 
 async def test_records_deleted_without_a_retention_checkpoint_are_refused(store: Store) -> None:
     await store.prune_entries(ORIGIN, 5)  # behind the ordinary checkpoint at 5: no frontier was signed
     with pytest.raises(StorageError, match="below seq 5 are gone without a retention checkpoint"):
-        await reading.build_inclusion_proof(store, ORIGIN, 8)
+        await proving.build_inclusion_proof(store, ORIGIN, 8)
