@@ -233,6 +233,8 @@ class KeyRing:
         self._keys = {(key.name, key.key_id): key for key in keys}
         self._claimed = {origin for key in self._keys.values() for origin in key.origins or (key.name,)}
         """Origins some key claims outright: by an ``origin=`` binding, or, unbound, by its name."""
+        self._sole_key_log: str | None = None
+        """The one log (an origin and its reader log) a sole unbound key has vouched for, rule (3)."""
 
     def lookup(self, name: str, key_id: bytes) -> VerifierKey | None:
         """Return the trusted key with exactly this name and id, or None."""
@@ -245,7 +247,9 @@ class KeyRing:
         log. (1) A key with ``origin=`` bindings signs exactly those origins. (2) An unbound key signs
         the origin equal to its name (the C2SP convention), and that origin's reader log
         ``<name>/cli`` unless another key claims it. (3) An unbound key that is the ring's only key
-        signs every origin: there is no second signer whose log it could take over.
+        signs one log whatever its name, an origin and its reader log: the first it is asked about.
+        A second log then needs a binding, so that one key cannot vouch for two logs of a shared
+        store whose other key the auditor does not hold.
         """
         if key.origins:  # (1)
             return origin in key.origins
@@ -253,15 +257,21 @@ class KeyRing:
             return True
         if origin == key.name + READER_ORIGIN_SUFFIX and origin not in self._claimed:
             return True
-        return len(self._keys) == 1  # (3)
+        if len(self._keys) != 1:
+            return False
+        log = origin.removesuffix(READER_ORIGIN_SUFFIX)  # (3)
+        if self._sole_key_log is None:
+            self._sole_key_log = log
+        return log == self._sole_key_log
 
     def describe_binding(self, key: VerifierKey) -> str:
         """Say which origins ``key`` may sign, for an error message."""
         if key.origins:
             return "it is bound to " + ", ".join(f"origin={origin}" for origin in key.origins)
+        sole = f", and as the key ring's only key the log {self._sole_key_log}" if self._sole_key_log else ""
         return (
             f"it has no origin= binding, so it signs only origin {key.name} (its name) and {key.name}"
-            f"{READER_ORIGIN_SUFFIX}, or any origin when it is the key ring's only key"
+            f"{READER_ORIGIN_SUFFIX}{sole}"
         )
 
     def __iter__(self) -> Iterator[VerifierKey]:

@@ -187,7 +187,7 @@ def _frames_acknowledged(writer: asyncio.StreamWriter, frames: list[bytes], writ
     """How many whole frames, from the first, the peer acknowledged of the ``written`` bytes just sent."""
     try:
         pending = writer.transport.get_write_buffer_size() + _unacknowledged_bytes(writer)
-    except OSError:
+    except (OSError, ValueError):  # ValueError: asyncio already closed the socket (fileno -1)
         return 0  # the connection is gone: nothing more can be confirmed
     acknowledged, count = written - pending, 0
     for frame in frames:
@@ -265,7 +265,7 @@ class SyslogSink(Sink):
                 # Wait for the peer's acknowledgement too, so that at most one batch is ever
                 # unconfirmed and a receiver that stops reading shows up as drops, not as "sent".
                 pause_s = 0.0005
-                while _unacknowledged_bytes(self._tcp) > 0:
+                while self._tcp.transport.get_write_buffer_size() or _unacknowledged_bytes(self._tcp) > 0:
                     await asyncio.sleep(pause_s)
                     pause_s = min(pause_s * 2, 0.05)
         except Exception as exc:

@@ -24,6 +24,10 @@ from bastion.upstream.factory import UpstreamFactory
 log = logging.getLogger("bastion.gateway")
 
 
+SHUTDOWN_RECORD_WAIT_S = 5.0
+"""At shutdown a session's close waits this long for its record, then closes without it."""
+
+
 class Gateway:
     """Everything a client session needs from the process it runs in."""
 
@@ -65,7 +69,8 @@ class Gateway:
     async def close_session(self, session_id: str, *, unrecorded: bool = False) -> bool:
         """End a session, its session_closed record first (the calls it then cancels are recorded
         after it, as cancelled). A session the log cannot record as closed stays open and serving,
-        so the client may retry, unless ``unrecorded`` or a stopping gateway says close it anyway.
+        so the client may retry, unless ``unrecorded`` (shutdown, which waits for the record at most
+        ``SHUTDOWN_RECORD_WAIT_S``) or a stopping gateway says close it anyway.
 
         Raises:
             StorageError: the record failed and the session is still open.
@@ -75,12 +80,16 @@ class Gateway:
             return False
         session.closing = True
         try:
-            await self.recorder.session(session.caller, opened=False)
-        except StorageError:
+            async with asyncio.timeout(SHUTDOWN_RECORD_WAIT_S if unrecorded else None):
+                await self.recorder.session(session.caller, opened=False)
+        except (StorageError, TimeoutError):
             if not unrecorded and self.accepting:
                 session.closing = False
                 raise
             log.error("session %s closed without its session_closed record: the audit store cannot write", session_id)
+        except BaseException:
+            session.closing = False  # cancelled while recording (reaper stopped, DELETE dropped): a later close still runs
+            raise
         self.sessions.pop(session_id, None)
         await session.close()
         return True

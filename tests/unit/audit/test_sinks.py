@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
+import struct
 import threading
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -471,3 +472,43 @@ async def test_syslog_tcp_counts_drops_when_the_receiver_never_reads() -> None:
     assert 20 * frame_bytes > receive_buffer and stats.records_dropped >= 1
     # Counted as sent: only whole frames the receiving host's TCP acknowledged into that buffer.
     assert stats.records_sent * frame_bytes <= receive_buffer
+
+
+async def test_tcp_syslog_reconnects_after_the_receiver_resets_the_connection() -> None:
+    connections: list[asyncio.StreamWriter] = []
+
+    async def receive(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        connections.append(writer)
+        while await reader.read(65536):
+            pass
+
+    server = await asyncio.start_server(receive, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    sink = SyslogSink(SyslogSinkSettings(type="syslog", host="127.0.0.1", port=port, protocol="tcp", timeout_s=1))
+    sink.start()
+    try:
+        sink.offer(records(make_entry(0)))
+        await wait_for_stats(sink, sent=1)
+        for writer in connections:  # the receiver restarts: RST (SO_LINGER 0), then it listens again
+            writer.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            writer.close()
+        await asyncio.sleep(0.2)
+        for seq in range(1, 5):
+            sink.offer(records(make_entry(seq)))
+            await asyncio.sleep(0.3)
+        await wait_for_stats(sink, sent=4)  # one batch may be lost to the reset; the rest arrive again
+        assert len(connections) == 2
+    finally:
+        await sink.aclose()
+        for writer in connections:
+            writer.close()
+        server.close()
+        await server.wait_closed()
+
+
+async def wait_for_stats(sink: SyslogSink, sent: int) -> None:
+    for _ in range(100):
+        if sink.stats.records_sent >= sent:
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"only {sink.stats} after 5 s")

@@ -48,11 +48,20 @@ def test_key_not_for_origin_when_a_bound_key_signs_an_origin_outside_its_binding
     assert f"it is bound to origin={ORIGIN}" in report.problems[0].reason
 
 
-def test_the_only_unbound_key_of_a_ring_signs_every_origin_when_nothing_else_is_trusted() -> None:
+def test_the_only_unbound_key_of_a_ring_signs_one_log_and_its_reader_log_whatever_their_name() -> None:
     # `make demo` keeps one key, named bastion-demo, for demo/bastion and demo/bastion/cli.
     entries = build(origin="demo/bastion")[0] + build(origin="demo/bastion/cli")[0]
     checkpoints = [checkpoint_at(entries[:12], 12, key=OPS_KEY), checkpoint_at(entries[12:], 12, key=OPS_KEY)]
     assert verify_log(entries, checkpoints, KeyRing([OPS_KEY.public()])).ok
+
+
+def test_the_only_unbound_key_of_a_ring_cannot_vouch_for_a_second_log() -> None:
+    # A shared store: gw-b's log rewritten and re-signed with the one key the auditor holds (gw-a's).
+    entries = build(origin="gw-a/log")[0] + build(origin="gw-b/log")[0]
+    checkpoints = [checkpoint_at(entries[:12], 12, key=OPS_KEY), checkpoint_at(entries[12:], 12, key=OPS_KEY)]
+    report = verify_log(entries, checkpoints, KeyRing([OPS_KEY.public()]))
+    assert [p.kind for p in report.problems] == [K.KEY_NOT_FOR_ORIGIN]
+    assert "as the key ring's only key the log gw-a/log" in report.problems[0].reason
 
 
 def test_a_gateway_key_signs_its_reader_origin_unless_another_key_claims_it() -> None:
