@@ -13,15 +13,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
+import functools
 import logging
 import os
+import queue
 import socket
 import struct
 import sys
 import termios
-from collections.abc import Sequence
+import threading
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import IO, Annotated, Literal
+from typing import IO, Annotated, Any, Literal, TypeVar
 
 import httpx
 import orjson
@@ -99,6 +102,51 @@ SinkSettings = Annotated[
 # -- sinks -----------------------------------------------------------------------------------------
 
 
+T = TypeVar("T")
+
+
+class WriterThread:
+    """Runs one sink's blocking writes in order on a daemon thread of its own.
+
+    Not the event loop's executor: its threads are joined when the loop closes, so a write that
+    never returns would hang the gateway's exit; a daemon thread is left to the process exit.
+    """
+
+    def __init__(self, name: str) -> None:
+        self._jobs: queue.SimpleQueue[tuple[asyncio.AbstractEventLoop, asyncio.Future[Any], Callable[[], Any]]] = (
+            queue.SimpleQueue()
+        )
+        self._thread = threading.Thread(target=self._serve, name=name, daemon=True)
+
+    def run(self, fn: Callable[..., T], *args: Any) -> asyncio.Future[T]:
+        """Queue ``fn(*args)``; the future settles with its result or exception."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[T] = loop.create_future()
+        self._jobs.put((loop, future, functools.partial(fn, *args)))
+        if self._thread.ident is None:  # the first job starts it
+            self._thread.start()
+        return future
+
+    def _serve(self) -> None:
+        while True:
+            loop, future, job = self._jobs.get()
+            try:
+                result, failure = job(), None
+            except BaseException as exc:  # handed to the awaiting task, which decides
+                result, failure = None, exc
+            with contextlib.suppress(RuntimeError):  # the loop closed meanwhile: nobody waits any more
+                loop.call_soon_threadsafe(_settle, future, result, failure)
+
+
+def _settle(future: asyncio.Future[Any], result: Any, failure: BaseException | None) -> None:
+    if future.done():
+        return
+    if failure is None:
+        future.set_result(result)
+    else:
+        future.set_exception(failure)
+
+
 class JsonLinesSink(Sink):
     """Appends one line per record to a file (opened on first write) or to stdout.
 
@@ -110,11 +158,12 @@ class JsonLinesSink(Sink):
                          max_batch_records=settings.max_batch_records, drain_timeout_s=settings.drain_timeout_s)
         self._path = None if settings.path == "-" else Path(settings.path)
         self._file: IO[bytes] | None = None
+        self._writer = WriterThread(f"audit-sink-{self.name}")
 
     async def _deliver(self, batch: list[SinkRecord]) -> None:
         # Encoded in the render slices too: in one go, megabytes of text would hold the GIL at length.
         lines = await render_in_slices(lambda record: render_json_line(record).encode(), batch)
-        await asyncio.to_thread(self._write, lines)  # file writes block; keep them off the loop
+        await self._writer.run(self._write, lines)  # file writes block; keep them off the loop
 
     def _write(self, lines: list[bytes]) -> None:
         if self._path is None:
@@ -135,9 +184,12 @@ class JsonLinesSink(Sink):
             raise
 
     async def _close(self) -> None:
-        if self._file is not None:
-            await asyncio.to_thread(self._file.close)
-            self._file = None
+        file, self._file = self._file, None
+        if file is not None:
+            # Behind a write that never returns (a stalled FIFO, a hung mount) the close waits too:
+            # shutdown gives it the drain time once more, then leaves the thread to the process exit.
+            with contextlib.suppress(TimeoutError, OSError):
+                await asyncio.wait_for(self._writer.run(file.close), self._drain_timeout_s)
 
 
 class OtlpSink(Sink):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import socket
 import struct
 import threading
@@ -512,3 +513,18 @@ async def wait_for_stats(sink: SyslogSink, sent: int) -> None:
             return
         await asyncio.sleep(0.05)
     raise AssertionError(f"only {sink.stats} after 5 s")
+
+
+async def test_jsonl_sink_shutdown_is_bounded_when_its_file_write_never_returns(tmp_path: Path) -> None:
+    fifo = tmp_path / "stalled"
+    os.mkfifo(fifo)
+    reader = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)  # a log shipper that stopped reading
+    try:
+        sink = JsonLinesSink(JsonLinesSinkSettings(type="jsonl", path=str(fifo), drain_timeout_s=0.5))
+        sink.start()
+        sink.offer(records(*[make_entry(seq, pad=20_000) for seq in range(20)]))  # more than the pipe holds
+        await asyncio.sleep(0.3)
+        await asyncio.wait_for(sink.aclose(), 5)  # drain time, then the close's wait: never the write's
+        assert sink.stats.records_dropped > 0
+    finally:
+        os.close(reader)  # the stuck write now fails and its thread goes back to waiting
