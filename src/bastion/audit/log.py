@@ -212,6 +212,18 @@ class AuditLog:
             StorageError: the record could not be made durable (durable mode), or the log is closed.
             CanonicalEncodingError: the event holds a value with no canonical JSON form.
         """
+        return await (await self.enqueue(event))
+
+    async def enqueue(self, event: AuditEvent) -> asyncio.Future[Receipt]:
+        """Queue ``event`` (waiting while the queue is full) and return the future of its receipt.
+
+        Once this returns the record is sequenced and will be committed or refused, whatever
+        becomes of its caller; a caller cancelled while this waits for room has queued nothing.
+
+        Raises:
+            StorageError: the log is closed (the future raises it when the record is not durable).
+            CanonicalEncodingError: the event holds a value with no canonical JSON form.
+        """
         self._check_running()
         while self.staged_records >= self._max_staged:
             self._space.clear()
@@ -220,7 +232,7 @@ class AuditLog:
         waiter: asyncio.Future[Receipt] = asyncio.get_running_loop().create_future()
         self._stage(event, waiter, render_time(self._clock()))
         self._work.set()
-        return await waiter
+        return waiter
 
     def _check_running(self) -> None:
         if self._closing or self._task is None or self._task.done():

@@ -98,7 +98,7 @@ class AuditStage:
             arguments_sha256 = None  # the masking below refuses it with the reason
         try:
             sealed = self._seal(ex, SealedField.ARGUMENTS, raw)
-            request_record = self._log.append(
+            request_record = await self._log.enqueue(
                 AuditEvent(
                     kind=kind,
                     arguments=self._masker.mask_json(raw).value if raw is not None else None,
@@ -110,7 +110,7 @@ class AuditStage:
             )
             try:
                 receipt = await request_record
-            except asyncio.CancelledError:  # the record may still commit: close the pair all the same
+            except asyncio.CancelledError:  # the request record is queued and commits: close the pair
                 if ex.kind is Kind.REQUEST:
                     await self._record_cancelled(ex, base, detail)
                 raise

@@ -16,6 +16,7 @@ import pytest
 from bastion.audit.canonical import canonical_bytes
 from bastion.audit.keys import generate_signing_key
 from bastion.audit.log import AuditLog
+from bastion.audit.record import AuditEvent, EventKind
 from bastion.exchange import CallerContext, Direction, Exchange, Kind, Reply
 from bastion.identity.principal import Principal
 from bastion.masking import MaskingEngine
@@ -193,3 +194,41 @@ async def test_a_second_cancellation_does_not_withdraw_the_cancelled_record(harn
 class HungLog:
     async def append(self, event: Any) -> Any:
         await asyncio.Event().wait()
+
+
+class GatedStore:
+    """Delegates to a real store, holding every record batch until ``gate`` opens."""
+
+    def __init__(self, inner: AuditStore) -> None:
+        self.inner = inner
+        self.gate = asyncio.Event()
+
+    async def append_batch(self, batch: Any) -> None:
+        if batch.entries:
+            await self.gate.wait()
+        await self.inner.append_batch(batch)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+
+async def test_a_call_cancelled_while_the_writer_queue_is_full_leaves_no_record() -> None:
+    inner = await open_store("sqlite:///:memory:")
+    store = GatedStore(inner)
+    log = AuditLog(store, origin=ORIGIN, signing_key=generate_signing_key("gw"), max_queue_records=1)  # type: ignore[arg-type]
+    await log.start()
+    harness = Harness(inner, log)
+    filler = asyncio.create_task(log.append(AuditEvent(kind=EventKind.REQUEST, subject="filler")))
+    await asyncio.sleep(0.05)  # the filler holds the only place in the queue
+    call = asyncio.create_task(harness.run(harness.exchange("tools/call", {"name": "t", "arguments": {}}, answer({}))))
+    await asyncio.sleep(0.05)
+    call.cancel()  # while it waits for room: nothing of it is queued
+    with pytest.raises(asyncio.CancelledError):
+        await call
+    store.gate.set()
+    await filler
+    await log.aclose()
+    try:
+        assert [r.get("who", {}).get("subject") for r in await harness.records()] == ["filler"]
+    finally:
+        await inner.aclose()

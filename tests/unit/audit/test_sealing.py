@@ -288,8 +288,13 @@ class FakeLog:
         self.events: list[AuditEvent] = []
 
     async def append(self, event: AuditEvent) -> Receipt:
+        return await (await self.enqueue(event))
+
+    async def enqueue(self, event: AuditEvent) -> asyncio.Future[Receipt]:
         self.events.append(event)
-        return Receipt(seq=len(self.events) - 1, leaf_hash=b"\x00" * 32)
+        receipt: asyncio.Future[Receipt] = asyncio.get_running_loop().create_future()
+        receipt.set_result(Receipt(seq=len(self.events) - 1, leaf_hash=b"\x00" * 32))
+        return receipt
 
 
 async def run_call(sealer: Sealer | None, arguments: dict[str, Any], reply: Reply) -> list[bytes]:
