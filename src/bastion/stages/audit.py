@@ -14,7 +14,6 @@ records, encrypted for the auditors' keys.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import logging
 import time
@@ -39,6 +38,7 @@ log = logging.getLogger(__name__)
 CANCELLED_RECORD_WAIT_S = 5.0
 """How long a cancelled call waits for its ``cancelled`` record; past that the record still
 commits, but the session closing or the gateway stopping need not wait for a hung store."""
+
 
 def who(caller: CallerContext) -> dict[str, Any]:
     """The identity fields of an audit event."""
@@ -93,16 +93,12 @@ class AuditStage:
         detail = {"direction": ex.direction.value} if ex.direction is Direction.TO_CLIENT else None
         raw = self._raw_payload(ex)
         try:
-            arguments_sha256 = compute_arguments_sha256(raw) if raw is not None else None
-        except CanonicalEncodingError:
-            arguments_sha256 = None  # the masking below refuses it with the reason
-        try:
             sealed = self._seal(ex, SealedField.ARGUMENTS, raw)
             request_record = await self._log.enqueue(
                 AuditEvent(
                     kind=kind,
                     arguments=self._masker.mask_json(raw).value if raw is not None else None,
-                    arguments_sha256=sealed.sha256 if sealed else arguments_sha256,
+                    arguments_sha256=sealed.sha256 if sealed else _arguments_digest(raw),
                     sealed={SealedField.ARGUMENTS.value: sealed.envelope} if sealed else None,
                     detail=detail,
                     **base,
@@ -141,8 +137,7 @@ class AuditStage:
         event = self._response_event(ex, base, detail, Outcome.CANCELLED.value, None, None, None, None)
         appended = asyncio.ensure_future(self._log.append(event))
         appended.add_done_callback(_report_unrecorded_cancellation)
-        with contextlib.suppress(StorageError, TimeoutError):
-            await asyncio.wait_for(asyncio.shield(appended), CANCELLED_RECORD_WAIT_S)
+        await asyncio.wait([appended], timeout=CANCELLED_RECORD_WAIT_S)  # neither cancels nor raises for it
 
     async def _record_reply(self, ex: Exchange, reply: Reply, base: dict[str, Any], detail: Any) -> Reply:
         notes = ex.notes
@@ -201,6 +196,17 @@ class AuditStage:
         except StorageError as exc:
             return {"error": error_body(exc.code, exc.public_message)}
         return {"error": refusal}
+
+
+def _arguments_digest(raw: Any) -> str | None:
+    """``arguments_sha256`` of a payload; None when it has none, or no canonical form (the masking
+    of the same payload then refuses the request with the reason)."""
+    if raw is None:
+        return None
+    try:
+        return compute_arguments_sha256(raw)
+    except CanonicalEncodingError:
+        return None
 
 
 def _report_unrecorded_cancellation(appended: asyncio.Future[Any]) -> None:
