@@ -11,8 +11,9 @@ import contextlib
 import hashlib
 import logging
 from collections.abc import AsyncIterator, Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import httpx
 import orjson
@@ -49,7 +50,8 @@ from bastion.stages.masking import MaskingStage
 from bastion.stages.metrics import GaugeReading, Metrics, MetricsStage
 from bastion.stages.pinning import ToolPinning
 from bastion.stages.policy import PolicyStage
-from bastion.storage import RecordQuery, Store, open_store
+from bastion.storage import RecordQuery, SearchCursor, Store, open_store
+from bastion.storage.base import MAX_SEARCH_LIMIT
 from bastion.transport.http import McpHttpEndpoint
 from bastion.transport.tls import check_tls_files
 from bastion.upstream.factory import UpstreamFactory
@@ -154,20 +156,55 @@ def preflight(settings: Settings) -> None:
         PolicyEngine.from_file(Path(settings.policy_file))
 
 
-async def _record_mode_switch(store: Store, audit: AuditLog, origin: str) -> None:
-    """If the configuration changed the audit mode since this origin last ran, record the switch
-    (the log must show when it stopped failing closed)."""
-    last: tuple[int, str] | None = None
-    for kind in (EventKind.GATEWAY_STARTED, EventKind.MODE_CHANGED):
-        for entry in await store.search_entries(RecordQuery(origin=origin, kind=kind.value, limit=1)):
-            detail = orjson.loads(entry.body).get("detail") or {}
-            mode = detail.get("audit_mode") or detail.get("to")
-            if isinstance(mode, str) and (last is None or entry.seq > last[0]):
-                last = (entry.seq, mode)
-    if last is not None and last[1] != audit.mode.value:
+@dataclass(frozen=True, slots=True)
+class _Found:
+    seq: int
+    time: str
+    detail: dict[str, Any]
+
+
+async def _find_records(store: Store, origin: str, kind: EventKind, since: str | None = None) -> list[_Found]:
+    """``origin``'s records of ``kind``, newest first: every one from time ``since`` on, or else the newest only."""
+    found: list[_Found] = []
+    query = RecordQuery(origin=origin, kind=kind.value, time_from=since, limit=1 if since is None else MAX_SEARCH_LIMIT)
+    while True:
+        page = await store.search_entries(query)
+        found += [_Found(e.seq, e.time, orjson.loads(e.body).get("detail") or {}) for e in page]
+        if since is None or len(page) < query.limit:
+            return found
+        query = replace(query, after=SearchCursor(page[-1].time, page[-1].origin, page[-1].seq))
+
+
+async def _record_changes_since_last_run(store: Store, audit: AuditLog, settings: Settings, policy_hash: str) -> None:
+    """Record what changed while this origin was stopped: the audit mode (the log must show when
+    it stopped failing closed), the configuration and the policy. While it runs, each change is
+    recorded as it happens; across a restart only the last run's own records can tell."""
+    origin = settings.audit.origin
+    started = await _find_records(store, origin, EventKind.GATEWAY_STARTED)
+    switched = await _find_records(store, origin, EventKind.MODE_CHANGED)
+    modes = [(r.seq, r.detail.get("audit_mode") or r.detail.get("to")) for r in started + switched]
+    mode = max(((seq, m) for seq, m in modes if isinstance(m, str)), default=None)
+    if mode is not None and mode[1] != audit.mode.value:
         await audit.append(
-            AuditEvent(kind=EventKind.MODE_CHANGED, detail={"from": last[1], "to": audit.mode.value, "reason": "configuration"})
+            AuditEvent(kind=EventKind.MODE_CHANGED, detail={"from": mode[1], "to": audit.mode.value, "reason": "configuration"})
         )
+    if not started:
+        return  # the origin's first run (or its start records were pruned): nothing to compare with
+    last_start = started[0]
+    config_sha256 = settings_sha256(settings)
+    if last_start.detail.get("config_sha256") != config_sha256:
+        before, after = set(last_start.detail.get("upstreams") or ()), set(settings.upstreams)
+        detail = {"what": "configuration", "reason": "restart", "old_config_sha256": last_start.detail.get("config_sha256"),
+                  "new_config_sha256": config_sha256, "upstreams_added": sorted(after - before),
+                  "upstreams_removed": sorted(before - after)}
+        await audit.append(AuditEvent(kind=EventKind.CONFIG_CHANGED, detail=detail))
+    # The policy the last run ended with: the one it started with, or the last a hot reload switched to.
+    changes = await _find_records(store, origin, EventKind.CONFIG_CHANGED, since=last_start.time)
+    reloads = [r.detail.get("new_policy_hash") for r in changes if r.seq > last_start.seq and r.detail.get("what") == "policy"]
+    last_policy = reloads[0] if reloads else last_start.detail.get("policy_hash")
+    if last_policy != policy_hash:
+        detail = {"what": "policy", "reason": "restart", "old_policy_hash": last_policy, "new_policy_hash": policy_hash}
+        await audit.append(AuditEvent(kind=EventKind.CONFIG_CHANGED, detail=detail))
 
 
 async def start_runtime(settings: Settings) -> Runtime:
@@ -179,10 +216,10 @@ async def start_runtime(settings: Settings) -> Runtime:
     await audit.start()
     if timestamper is not None:
         await timestamper.start()
-    await _record_mode_switch(store, audit, settings.audit.origin)
     masking = MaskingEngine(settings.masking)
     recorder = GatewayRecorder(audit, masking.masker(None))
     engine_source, watcher = await _policy_source(settings, recorder)
+    await _record_changes_since_last_run(store, audit, settings, engine_source().policy_hash)
     authenticator = Authenticator.from_settings(settings.identity, store.api_keys)
     approvals = _approval_service(settings, store, audit, http_client)
     exit_stack = contextlib.AsyncExitStack()

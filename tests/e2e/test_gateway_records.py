@@ -125,3 +125,23 @@ async def test_an_upstream_error_without_a_message_fails_that_call_alone(workdir
             assert good.json()["result"]["content"][0]["text"] == "1 row"  # the upstream link lives on
     for record in records(workdir):
         jsonschema.validate(record, SCHEMA)
+
+
+async def test_a_client_reply_nobody_waits_for_is_recorded_masked_or_refused(gateway: str, workdir: Path) -> None:
+    url = f"{gateway}/servers/alpha/mcp"
+    stray = {"jsonrpc": "2.0", "id": 4242, "result": {"content": [{"type": "text", "text": "mail bob@example.com"}]}}
+    async with httpx.AsyncClient(timeout=10) as http:
+        headers = await open_raw_session(http, url)
+        assert (await http.post(url, json=stray, headers=headers)).status_code == 202
+        set_store_broken(workdir, True)
+        refused = await http.post(url, json={**stray, "id": 4243}, headers=headers)
+        set_store_broken(workdir, False)
+    assert refused.status_code == 503
+    assert refused.json()["error"]["code"] == codes.AUDIT_UNAVAILABLE
+
+    [record] = [r for r in records(workdir) if r.get("correlation", {}).get("jsonrpc_id") == 4242]
+    assert record["kind"] == "response"
+    assert record["detail"] == {"direction": "to_client", "reason": "no request of the gateway waits for this reply"}
+    assert "bob@example.com" not in json.dumps(record) and "mail " in json.dumps(record["result"])
+    assert record["who"]["source_address"] == "127.0.0.1"
+    jsonschema.validate(record, SCHEMA)

@@ -274,6 +274,22 @@ class GatewayRecorder:
         except (MaskingError, CanonicalEncodingError) as exc:  # the refusal is recorded all the same
             await self.log.append(AuditEvent(detail=_unrecordable("arguments", exc, None), **fields))
 
+    async def stray_reply(self, caller: CallerContext, message: dict[str, Any]) -> None:
+        """Record a client's reply that no request of the gateway waits for (it came after the
+        gateway stopped waiting, or names an id it never sent): it goes nowhere, but it came in."""
+        fields = {
+            "kind": EventKind.RESPONSE,
+            "outcome": Outcome.ERROR,
+            "jsonrpc_id": message.get("id"),
+            **who(caller),
+        }
+        detail = {"direction": Direction.TO_CLIENT.value, "reason": "no request of the gateway waits for this reply"}
+        try:
+            masked = self._masker.mask_json({k: v for k, v in message.items() if k in ("result", "error")}).value
+            await self.log.append(AuditEvent(result=masked.get("result"), error=masked.get("error"), detail=detail, **fields))
+        except (MaskingError, CanonicalEncodingError) as exc:  # recorded all the same, without its contents
+            await self.log.append(AuditEvent(detail=_unrecordable("result", exc, detail), **fields))
+
     async def session(self, caller: CallerContext, opened: bool) -> None:
         kind = EventKind.SESSION_OPENED if opened else EventKind.SESSION_CLOSED
         await self.log.append(AuditEvent(kind=kind, **who(caller)))

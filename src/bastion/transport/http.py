@@ -216,7 +216,10 @@ class McpHttpEndpoint:
             elif kind is MessageKind.NOTIFICATION:
                 await self._notification(session, message)
             elif not session.on_client_reply(message):
-                log.info("client replied to an unknown request", extra={"session": session.id, "id": message.get("id")})
+                try:
+                    await self.gateway.recorder.stray_reply(session.caller, message)
+                except StorageError:
+                    raise HttpError(503, codes.AUDIT_UNAVAILABLE, "Service Unavailable: the audit store cannot record") from None
         if not requests:
             await _respond(send, 202, b"", {})
             return

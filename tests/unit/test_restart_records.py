@@ -1,0 +1,99 @@
+"""What changed while a gateway was stopped is recorded when it starts again: the audit mode, the
+configuration and the policy (within a run, each change is recorded as it happens)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from tests.e2e.gateway import complete_config, echo_upstream, signing_key_file
+
+from bastion.app import start_runtime, stop_runtime
+from bastion.audit.record import EventKind
+from bastion.config import parse_settings
+from bastion.storage import RecordQuery, open_store
+
+ORIGIN = "test/restarts"
+PORT = 18999  # written into the configuration only; nothing listens
+
+pytestmark = pytest.mark.anyio
+
+
+def _config(tmp_path: Path, upstreams: list[str], **extra: Any) -> dict[str, Any]:
+    key = tmp_path / "restarts.key"
+    audit = {"signing_key_file": str(key) if key.exists() else signing_key_file(str(tmp_path), "restarts"), "origin": ORIGIN}
+    return complete_config({"upstreams": {name: echo_upstream(name) for name in upstreams}, "audit": audit, **extra},
+                           PORT, str(tmp_path))
+
+
+async def _run_once(config: dict[str, Any], during: Any = None) -> None:
+    runtime = await start_runtime(parse_settings(config))
+    try:
+        if during is not None:
+            await during()
+    finally:
+        await stop_runtime(runtime)
+
+
+async def _details(tmp_path: Path, kind: EventKind) -> list[dict[str, Any]]:
+    store = await open_store(f"sqlite:///{tmp_path}/audit.db")
+    try:
+        found = await store.search_entries(RecordQuery(origin=ORIGIN, kind=kind.value))
+    finally:
+        await store.aclose()
+    return [json.loads(entry.body)["detail"] for entry in reversed(found)]  # oldest first
+
+
+def _write_policy(path: Path, default: str) -> None:
+    path.write_text(yaml.safe_dump({"policy": {"default": default}}))
+
+
+async def test_restart_with_the_same_configuration_records_no_change(tmp_path: Path) -> None:
+    await _run_once(_config(tmp_path, ["alpha"]))
+    await _run_once(_config(tmp_path, ["alpha"]))
+    assert await _details(tmp_path, EventKind.CONFIG_CHANGED) == []
+    assert len(await _details(tmp_path, EventKind.GATEWAY_STARTED)) == 2
+
+
+async def test_restart_with_a_changed_configuration_records_both_hashes_and_the_upstreams(tmp_path: Path) -> None:
+    await _run_once(_config(tmp_path, ["alpha", "beta"]))
+    await _run_once(_config(tmp_path, ["alpha", "gamma"]))
+    started = await _details(tmp_path, EventKind.GATEWAY_STARTED)
+    [change] = await _details(tmp_path, EventKind.CONFIG_CHANGED)
+    assert change == {
+        "what": "configuration", "reason": "restart",
+        "old_config_sha256": started[0]["config_sha256"], "new_config_sha256": started[1]["config_sha256"],
+        "upstreams_added": ["gamma"], "upstreams_removed": ["beta"],
+    }
+    assert started[0]["config_sha256"] != started[1]["config_sha256"]
+
+
+async def test_policy_edited_while_stopped_is_compared_with_the_policy_the_last_run_ended_with(tmp_path: Path) -> None:
+    policy = tmp_path / "policy.yaml"
+    _write_policy(policy, "allow")
+    config = _config(tmp_path, ["alpha"], policy_file=str(policy), policy_reload_s=0.05)
+
+    async def reload_while_running() -> None:
+        _write_policy(policy, "deny")
+        for _ in range(200):  # the watcher polls every 50 ms; bounded wait for its record
+            if await _details(tmp_path, EventKind.CONFIG_CHANGED):
+                return
+            await asyncio.sleep(0.05)
+        raise AssertionError("the hot reload was not recorded")
+
+    await _run_once(config, reload_while_running)
+    [reload] = await _details(tmp_path, EventKind.CONFIG_CHANGED)
+    assert reload["what"] == "policy"
+
+    await _run_once(config)  # unchanged since the reload: nothing to record
+    assert len(await _details(tmp_path, EventKind.CONFIG_CHANGED)) == 1
+
+    _write_policy(policy, "allow")  # edited while stopped
+    await _run_once(config)
+    changes = await _details(tmp_path, EventKind.CONFIG_CHANGED)
+    assert changes[1:] == [{"what": "policy", "reason": "restart", "old_policy_hash": reload["new_policy_hash"],
+                            "new_policy_hash": reload["old_policy_hash"]}]
