@@ -104,9 +104,9 @@ def _gauges(
         label = (("sink", sink.name),)
         gauges += [
             GaugeReading("bastion_audit_sink_records_sent", "Records a sink delivered since start.", sink.stats.records_sent, label),
-            GaugeReading("bastion_audit_sink_records_dropped", "Records a sink dropped (buffer full, failure, shutdown).",
+            GaugeReading("bastion_audit_sink_records_dropped", "Records a sink dropped (buffer full, refused by the receiver, cut at shutdown).",
                          sink.stats.records_dropped, label),
-            GaugeReading("bastion_audit_sink_delivery_failures", "Failed sink deliveries since start.",
+            GaugeReading("bastion_audit_sink_delivery_failures", "Failed sink deliveries since start, retried or not.",
                          sink.stats.delivery_failures, label),
         ]
     if timestamper is not None:

@@ -3,7 +3,7 @@
 Each case writes a log through AuditLog, edits the tables with sqlite3 or asyncpg the way an
 attacker with database access would, and runs the CLI. The untouched log must exit 0, also when
 written under a burst with the writer's default cadence. Every case runs on SQLite and on
-PostgreSQL (fresh schema per test, dropped afterwards).
+PostgreSQL (fresh schema per test, dropped afterwards), but for SQLite's own search index.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from bastion.audit.keys import SigningKey, render_signing_key, render_vkey
 from bastion.audit.log import AuditLog, CheckpointPolicy
 from bastion.audit.record import AuditEvent, EventKind, Outcome
 from bastion.cli.main import main
-from bastion.storage import open_store
+from bastion.storage import OpenMode, RecordQuery, open_store
 
 ORIGIN = "gw.tamper/log"
 KEY = SigningKey(ORIGIN, bytes(range(32)))
@@ -211,10 +211,13 @@ def insert_forged_record(db: Db) -> None:
 
 
 def reorder_records(db: Db) -> None:
-    """Swap the contents of rows 3 and 4 (the seq column stays): both records remain, out of order."""
-    rows = {r[0]: r[1:] for r in db.fetch("SELECT seq, time, kind, body, leaf_hash FROM records WHERE seq IN (3, 4)")}
+    """Swap the contents of rows 3 and 4, search columns included (the seq column stays): both records
+    remain, out of order."""
+    columns = "time, kind, body, leaf_hash, subject, tool, session_id, outcome"
+    rows = {r[0]: r[1:] for r in db.fetch(f"SELECT seq, {columns} FROM records WHERE seq IN (3, 4)")}
+    assignments = ", ".join(f"{column} = ?" for column in columns.split(", "))
     for seq, other in ((3, 4), (4, 3)):
-        db.execute("UPDATE records SET time = ?, kind = ?, body = ?, leaf_hash = ? WHERE seq = ?", *rows[other], seq)
+        db.execute(f"UPDATE records SET {assignments} WHERE seq = ?", *rows[other], seq)
 
 
 def truncate_tail(db: Db) -> None:
@@ -252,14 +255,21 @@ def delete_tail_with_its_checkpoints(db: Db) -> None:
     """Delete the newest records and every checkpoint that signed them: nothing in the tables disagrees."""
     db.execute("DELETE FROM checkpoints WHERE tree_size > 5")
     db.execute("DELETE FROM records WHERE seq >= 5")
+    if isinstance(db, SqliteDb):  # else the index rows left behind give it away
+        db.execute("DELETE FROM search_index WHERE seq >= 5")
 
 
 CASES: list[tuple[Callable[[Db], None], list[tuple[str, int]], tuple[str, ...]]] = [
     (modify_body, [("MODIFIED_RECORD", 3)], ()),
     (delete_record, [("DELETED_RECORD", 3)], ()),
-    # The forgery is stored first at seq 3, so it enters the tree: the original becomes the duplicate,
+    # The forgery is stored first at seq 3, so it enters the tree: its search columns, left empty (and
+    # on SQLite its index row, the original's), differ from its body, the original becomes the duplicate,
     # the renumbered rows show from seq 4, and the next checkpoint's root no longer rebuilds.
-    (insert_forged_record, [("INSERTED_RECORD", 3), ("MODIFIED_RECORD", 4), ("ROOT_MISMATCH", 5)], ()),
+    (
+        insert_forged_record,
+        [("MODIFIED_RECORD", 3), ("INSERTED_RECORD", 3), ("MODIFIED_RECORD", 4), ("ROOT_MISMATCH", 5)],
+        (),
+    ),
     (reorder_records, [("REORDERED_RECORDS", 3)], ()),
     (truncate_tail, [("TRUNCATED_TAIL", 7)], ()),
     (delete_head, [("DELETED_RECORD", 0)], ()),
@@ -328,7 +338,9 @@ def test_verify_exit_1_key_not_for_origin_when_another_origins_key_re_signs_a_re
     ring.write_text(render_vkey(KEY.public()) + "\n" + render_vkey(NEIGHBOUR.public()) + "\n")
     body = json.loads(bytes(db.fetch("SELECT body FROM records WHERE seq = 3")[0][0]))
     forged = canonical_bytes({**body, "who": {"subject": "mallory"}})
-    db.execute("UPDATE records SET body = ?, leaf_hash = ? WHERE seq = 3", forged, hash_leaf(forged))
+    db.execute("UPDATE records SET body = ?, leaf_hash = ?, subject = 'mallory' WHERE seq = 3", forged, hash_leaf(forged))
+    if isinstance(db, SqliteDb):
+        db.execute("UPDATE search_index SET subject = 'mallory' WHERE seq = 3")
     leaves = [bytes(h) for (h,) in db.fetch("SELECT leaf_hash FROM records ORDER BY seq")]
     for (note,) in db.fetch("SELECT note FROM checkpoints"):
         signed = parse_checkpoint(parse_signed_note(note).text)
@@ -363,3 +375,118 @@ def test_verify_exit_0_with_default_limits_when_an_untouched_log_was_written_und
         assert db.fetch("SELECT count(*) FROM records") == [(5000,)]
         code, problems, _ = verify(url, key_ring, capsys, "--now")
         assert (code, problems) == (0, [])
+
+
+# -- what searches read: the search columns, and on SQLite the search index ---------------------------------
+
+SEARCH_COLUMNS = ("subject", "tool", "session_id", "outcome")
+
+
+def search(url: str, **filters: Any) -> list[int]:
+    """The seqs ``bastion audit search`` would show for ``filters``, newest first."""
+
+    async def run() -> list[int]:
+        store = await open_store(url, OpenMode.READ_ONLY)
+        try:
+            return [entry.seq for entry in await store.search_entries(RecordQuery(**filters))]
+        finally:
+            await store.aclose()
+
+    return asyncio.run(run())
+
+
+@pytest.fixture
+def sqlite_log(tmp_path: Path) -> Iterator[tuple[str, Db]]:
+    yield from open_log("sqlite", tmp_path, write_log)
+
+
+@pytest.mark.parametrize("column", SEARCH_COLUMNS)
+def test_verify_exit_1_modified_record_naming_the_column_when_a_search_column_of_a_record_is_changed(
+    stored_log: tuple[str, Db], key_ring: Path, capsys: pytest.CaptureFixture[str], column: str
+) -> None:
+    url, db = stored_log
+    db.execute(f"UPDATE records SET {column} = 'forged' WHERE seq = 3")
+    code, problems, text = verify(url, key_ring, capsys)
+    assert (code, problems) == (1, [("MODIFIED_RECORD", 3)])
+    assert f"MODIFIED_RECORD origin={ORIGIN} position=3: stored columns differ from the body ({column})\n" in text
+
+
+def test_verify_exit_1_when_a_record_is_hidden_from_a_search_by_its_subject(
+    stored_log: tuple[str, Db], key_ring: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The attacker edits what searches read: the record's row on PostgreSQL, the index row on SQLite."""
+    url, db = stored_log
+    assert search(url, subject="bob") == [7, 6, 3, 2]
+    table, column = ("search_index", "search_index.subject") if isinstance(db, SqliteDb) else ("records", "subject")
+    db.execute(f"UPDATE {table} SET subject = 'alice' WHERE seq = 2")
+    assert search(url, subject="bob") == [7, 6, 3]
+    code, problems, text = verify(url, key_ring, capsys)
+    assert (code, problems) == (1, [("MODIFIED_RECORD", 2)])
+    assert f"position=2: stored columns differ from the body ({column})\n" in text
+
+
+@pytest.mark.parametrize("column", ("time", "kind", *SEARCH_COLUMNS))
+def test_verify_exit_1_sqlite_modified_record_naming_the_column_when_a_search_index_row_is_changed(
+    sqlite_log: tuple[str, Db], key_ring: Path, capsys: pytest.CaptureFixture[str], column: str
+) -> None:
+    url, db = sqlite_log
+    db.execute(f"UPDATE search_index SET {column} = 'forged' WHERE seq = 3")
+    code, problems, text = verify(url, key_ring, capsys)
+    assert (code, problems) == (1, [("MODIFIED_RECORD", 3)])
+    assert f"position=3: stored columns differ from the body (search_index.{column})\n" in text
+
+
+def test_verify_exit_0_sqlite_for_records_not_filed_yet_and_1_for_a_filed_one_without_its_index_row(
+    sqlite_log: tuple[str, Db], key_ring: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    url, db = sqlite_log
+    # What a crash before filing leaves: searches read the records past the watermark themselves.
+    db.execute("DELETE FROM search_index WHERE seq >= 6")
+    db.execute("UPDATE search_filed SET through = 5")
+    assert search(url, subject="bob") == [7, 6, 3, 2]
+    assert verify(url, key_ring, capsys)[:2] == (0, [])
+    db.execute("DELETE FROM search_index WHERE seq = 2")  # at or below the watermark: searches read only the index
+    assert search(url, subject="bob") == [7, 6, 3]
+    code, problems, text = verify(url, key_ring, capsys)
+    assert (code, problems) == (1, [("MODIFIED_RECORD", 2)])
+    assert "position=2: no search_index row, the only row searches read for this record: hidden from search\n" in text
+
+
+def test_verify_exit_0_sqlite_after_a_prune_and_1_when_a_retained_record_then_loses_its_index_row(
+    sqlite_log: tuple[str, Db], key_ring: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    url, db = sqlite_log
+    key_file = tmp_path / "gw.key"
+    key_file.write_text(render_signing_key(KEY))
+    assert main(["audit", "prune", "--store", url, "--origin", ORIGIN, "--before", "5", "--key", str(key_file)]) == 0
+    capsys.readouterr()
+    assert db.fetch("SELECT min(seq), count(*) FROM search_index") == [(5, 5)]
+    assert verify(url, key_ring, capsys)[:2] == (0, [])
+    db.execute("DELETE FROM search_index WHERE seq = 7")
+    assert verify(url, key_ring, capsys)[:2] == (1, [("MODIFIED_RECORD", 7)])
+
+
+def test_verify_exit_1_sqlite_when_index_rows_are_forged_for_records_that_do_not_exist(
+    sqlite_log: tuple[str, Db], key_ring: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Searches drop such rows only after they took places within the limit: the page comes back short."""
+    url, db = sqlite_log
+    for seq in (20, 21):
+        db.execute("INSERT INTO search_index (origin, seq, time, kind, subject) VALUES (?, ?, '2099-01-01T00:00:00.000Z',"
+                   " 'request', 'bob')", ORIGIN, seq)
+    assert search(url, subject="bob", limit=2) == []  # no "more records may match" either
+    code, problems, text = verify(url, key_ring, capsys)
+    assert (code, problems) == (1, [("MODIFIED_RECORD", 20)])
+    assert "position=20: search_index rows for seq 20..21 (2), but no record stored there" in text
+
+
+def test_verify_exit_1_sqlite_when_the_tail_and_its_checkpoints_are_deleted_but_their_index_rows_are_not(
+    sqlite_log: tuple[str, Db], key_ring: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Unlike ``delete_tail_with_its_checkpoints``, no --now is needed: the index rows left behind tell."""
+    url, db = sqlite_log
+    db.execute("DELETE FROM checkpoints WHERE tree_size > 5")
+    db.execute("DELETE FROM records WHERE seq >= 5")
+    code, problems, text = verify(url, key_ring, capsys)
+    assert (code, problems) == (1, [("MODIFIED_RECORD", 5)])
+    assert "search_index rows for seq 5..9 (5)" in text

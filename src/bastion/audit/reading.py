@@ -21,7 +21,7 @@ from bastion.audit.entry import LogEntry, StoredCheckpoint, StoredTimestamp
 from bastion.audit.keys import KeyRing
 from bastion.audit.record import render_time
 from bastion.errors import StorageError, VerificationError
-from bastion.storage.base import AuditStore, CheckpointTimestampStore, Store
+from bastion.storage.base import AuditStore, CheckpointTimestampStore, Store, VerifiedRow
 from bastion.verifier import Options, Report, TimestampTrust, verify_log
 
 PAGE_RECORDS = 1000
@@ -107,24 +107,18 @@ async def fetch_all_timestamps(
     return await _fetch_all_by_size(lambda start, limit: tokens.fetch_timestamps(origin, start, limit), min_tree_size)
 
 
-async def _pages(store: AuditStore, origins: list[str]) -> AsyncGenerator[list[LogEntry], None]:
+async def _pages(store: AuditStore, origins: list[str]) -> AsyncGenerator[list[VerifiedRow], None]:
     for origin in origins:
-        page: list[LogEntry] = []
-        async for entry in store.stream_entries(origin, 0, PAGE_RECORDS):
-            page.append(entry)
-            if len(page) == PAGE_RECORDS:
-                yield page
-                page = []
-        if page:
+        async for page in store.stream_indexed_entries(origin, PAGE_RECORDS):
             yield page
 
 
 def _blocking_entries(
-    pages: AsyncGenerator[list[LogEntry], None], loop: asyncio.AbstractEventLoop
-) -> Iterator[LogEntry]:
-    """Yield entries in a worker thread, fetching each page on the event loop (one hop per page)."""
+    pages: AsyncGenerator[list[VerifiedRow], None], loop: asyncio.AbstractEventLoop
+) -> Iterator[VerifiedRow]:
+    """Yield rows in a worker thread, fetching each page on the event loop (one hop per page)."""
 
-    async def next_page() -> list[LogEntry] | None:
+    async def next_page() -> list[VerifiedRow] | None:
         return await anext(pages, None)
 
     while (page := asyncio.run_coroutine_threadsafe(next_page(), loop).result()) is not None:
@@ -141,7 +135,8 @@ async def verify_store(
     on_progress: Callable[[int], None] | None = None,
     tsa: TimestampTrust | None = None,
 ) -> Report:
-    """Verify the logs of ``origins`` as stored, streaming records one page at a time.
+    """Verify the logs of ``origins`` as stored, streaming records one page at a time, with what the
+    store's searches match them by (a record hidden from searches is a finding too).
 
     The verifier runs in a worker thread so the loop stays free to fetch the next page. With
     ``tsa``, the checkpoints' RFC 3161 tokens are read and verified too.

@@ -1,8 +1,10 @@
-"""How one audit sink delivers: a bounded buffer, one worker task, retry pacing, counters and drop reports.
+"""How one audit sink delivers: a bounded buffer, one worker task, retries, counters and drop reports.
 
-Owns ``Sink`` (the base of the three sink kinds in audit/sinks.py), ``SinkStats`` and the rule that a
-sink never makes the writer wait: ``offer`` only buffers, and what does not fit is dropped and counted.
-What a record looks like on the wire is audit/sink_format.py's; how it travels is each kind's.
+Owns ``Sink`` (the base of the three sink kinds in audit/sinks.py), ``SinkStats``, ``DeliveryError`` and
+the rule that a sink never makes the writer wait: ``offer`` only buffers, and what does not fit is
+dropped and counted. A failure the receiver may recover from keeps the records for a retry; only a
+full buffer, a refusal for good or shutdown drops them. What a record looks like on the wire is
+audit/sink_format.py's; how it travels, and which failures are worth a retry, is each kind's.
 """
 
 from __future__ import annotations
@@ -12,9 +14,10 @@ import contextlib
 import logging
 import math
 from abc import ABC, abstractmethod
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from itertools import islice
 from typing import TypeVar
 
 from bastion.audit.sink_format import SinkRecord
@@ -22,12 +25,14 @@ from bastion.audit.sink_format import SinkRecord
 log = logging.getLogger(__name__)
 
 DROP_REPORT_INTERVAL_S = 60.0
-"""After a sink's first drop is logged, later drops are logged as one summary at most this often."""
+"""After a sink's first drop (or retried failure) is logged, later ones are logged at most this often."""
 RETRY_FIRST_S = 0.1
 RETRY_MAX_S = 10.0
 """After a failed delivery the worker waits before the next attempt, doubling from the first to the
-max wait while failures go on: a dead receiver then costs one attempt per wait, not one per batch,
-and records arriving meanwhile wait in the buffer instead of being dropped batch by batch."""
+max wait while failures go on: a dead receiver then costs one attempt per wait, not one per batch."""
+RETRY_AFTER_MAX_S = 60.0
+"""The longest wait a receiver may ask for (OTLP's Retry-After): a throttling hint is honoured, while a
+wrong one cannot park the sink for hours; a longer outage shows as buffer-full drops anyway."""
 RENDER_SLICE_BYTES = 64 * 1024
 """Record bytes rendered per trip to a worker thread (see ``render_in_slices``). Measured with four sinks
 given 512 records of 50 KB at once: rendered on the loop, they stalled it for 0.5 s; in one thread trip
@@ -43,18 +48,26 @@ class SinkStats:
     records_sent: int = 0
     """Records the receiver took, as far as the transport can tell (docs/audit-sinks.md, per transport)."""
     records_dropped: int = 0
-    """Records never delivered: the buffer was full, the delivery failed, or shutdown cut the drain short."""
+    """Records never delivered: the buffer was full, the receiver refused them for good, or shutdown cut the
+    drain short. A failure the receiver may recover from drops nothing: those records are retried."""
     delivery_failures: int = 0
-    """Delivery attempts (one batch each) that failed in whole or in part."""
+    """Delivery attempts (one batch each) that failed in whole or in part, retried or not."""
 
 
 class DeliveryError(Exception):
-    """Raised by a sink's ``_deliver`` when only ``delivered`` records of the batch reached the receiver."""
+    """Raised by a sink's ``_deliver`` when only the first ``delivered`` records of the batch reached the receiver.
 
-    def __init__(self, delivered: int, reason: str) -> None:
+    ``retryable``: the rest may get through later (the receiver is down, busy or throttling), so they
+    stay at the head of the buffer; otherwise the receiver refused them for good and they are dropped.
+    ``retry_after_s``: how long the receiver asked the sender to wait, when it said.
+    """
+
+    def __init__(self, delivered: int, reason: str, *, retryable: bool, retry_after_s: float | None = None) -> None:
         super().__init__(reason)
         self.delivered = delivered
         self.reason = reason
+        self.retryable = retryable
+        self.retry_after_s = retry_after_s
 
 
 class _DropReport:
@@ -98,18 +111,27 @@ class _DropReport:
 class Sink(ABC):
     """A bounded buffer plus one delivery task; a subclass implements ``_deliver`` (and ``_close``).
 
-    ``_deliver`` raises when the batch was not delivered (``DeliveryError`` when part of it was);
-    the worker counts the outcome, so every record offered is counted once, as sent or as dropped.
+    A record stays in the buffer, and counts against its bound, until it is settled: sent, or dropped.
+    The worker delivers from the head, in order. ``_deliver`` raises ``DeliveryError`` when not all of
+    the batch got through, saying how much did and whether the rest is worth a retry; any other
+    exception drops the batch, since a fault that is not the receiver's (a record that cannot be
+    rendered, a bug) would fail every retry while the records behind it waited.
     """
 
     def __init__(self, name: str, *, max_buffer_records: int, max_batch_records: int, drain_timeout_s: float,
                  drop_report_interval_s: float = DROP_REPORT_INTERVAL_S) -> None:
         self.name = name
         self.stats = SinkStats()
-        self._queue: asyncio.Queue[SinkRecord] = asyncio.Queue(max_buffer_records)
+        self._held: deque[SinkRecord] = deque()
+        self._max_held = max_buffer_records
+        self._arrived = asyncio.Event()
+        self._settled = asyncio.Event()
+        self._settled.set()
         self._max_batch = max_batch_records
         self._drain_timeout_s = drain_timeout_s
         self._drops = _DropReport(name, drop_report_interval_s)
+        self._failure_report_interval_s = drop_report_interval_s
+        self._failure_reported_at = -math.inf
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
@@ -118,70 +140,106 @@ class Sink(ABC):
             self._task = asyncio.create_task(self._serve(), name=f"audit-sink:{self.name}")
 
     def offer(self, records: Sequence[SinkRecord]) -> None:
-        """Buffer ``records`` without waiting; what does not fit is dropped and counted."""
-        for index, record in enumerate(records):
-            try:
-                self._queue.put_nowait(record)
-            except asyncio.QueueFull:
-                self._count_dropped(len(records) - index, "buffer full")
-                return
+        """Buffer ``records`` without waiting; those that do not fit, the newest, are dropped and counted.
+
+        The records already held are kept, whether waiting, in flight or back for a retry: what a
+        receiver gets stays in commit order, with a gap where the buffer overflowed.
+        """
+        kept = records[:self._max_held - len(self._held)]
+        if len(kept) < len(records):
+            self._count_dropped(len(records) - len(kept), "buffer full")
+        if kept:
+            self._held.extend(kept)
+            self._settled.clear()
+            self._arrived.set()
 
     async def aclose(self) -> None:
-        """Deliver what is buffered (for at most ``drain_timeout_s``), then stop, release and report drops."""
+        """Deliver what is held (for at most ``drain_timeout_s``), then stop, release and report drops."""
         task, self._task = self._task, None
         if task is not None:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(self._drain_timeout_s):
-                    await self._queue.join()
+                    await self._settled.wait()
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-        left = self._queue.qsize()
-        if left:
-            self._count_dropped(left, "cut at shutdown")
+        if self._held:  # waiting, in flight or held back for a retry
+            self._drop_head(len(self._held), "cut at shutdown")
         self._drops.flush()
         await self._close()
 
     async def _serve(self) -> None:
-        retry_s = RETRY_FIRST_S
-        batch_limit = self._max_batch
+        retry_s, probing = RETRY_FIRST_S, False
         while True:
-            batch = [await self._queue.get()]
-            while len(batch) < batch_limit and not self._queue.empty():
-                batch.append(self._queue.get_nowait())
-            delivered, reason = len(batch), ""
-            try:
-                await self._deliver(batch)
-            except asyncio.CancelledError:
-                self._count_dropped(len(batch), "cut at shutdown")
-                raise
-            except DeliveryError as exc:
-                delivered, reason = exc.delivered, f"delivery failed: {exc.reason}"
-            except Exception as exc:
-                delivered, reason = 0, f"delivery failed: {type(exc).__name__}"
-            finally:
-                for _ in batch:
-                    self._queue.task_done()
+            while not self._held:
+                self._arrived.clear()
+                await self._arrived.wait()
+            # After a failure the next attempt carries one record: rendering a full batch for a
+            # receiver that is still down would be spent for nothing.
+            batch = list(islice(self._held, 1 if probing else self._max_batch))
+            failure = await self._attempt(batch)
+            delivered = len(batch) if failure is None else failure.delivered
+            self._take(delivered)
             self.stats.records_sent += delivered
-            if not reason:
-                retry_s, batch_limit = RETRY_FIRST_S, self._max_batch
+            if failure is not None:
+                self.stats.delivery_failures += 1
+            if failure is None or not failure.retryable:
+                if failure is not None:  # refused for good: sending the rest again could only fail again
+                    self._drop_head(len(batch) - delivered, f"delivery failed: {failure.reason}")
+                # The batch is settled. The wait starts afresh only after a full batch, not after the
+                # probe: over UDP a probe "succeeds" whenever the kernel takes it, even for a closed port.
+                if not probing:
+                    retry_s = RETRY_FIRST_S
+                probing = False
                 continue
-            # The retry carries one record: rendering a full batch for a receiver that is still
-            # down would be spent for nothing, while the buffer keeps the rest for its recovery.
-            batch_limit = 1
-            self.stats.delivery_failures += 1
-            if delivered < len(batch):
-                self._count_dropped(len(batch) - delivered, reason)
-            await asyncio.sleep(retry_s)
+            # The undelivered rest stays at the head and goes out again, in order, after the wait.
+            self._report_failure(failure.reason)
+            probing = True
+            if failure.retry_after_s is None:
+                await asyncio.sleep(retry_s)
+            else:
+                await asyncio.sleep(min(max(failure.retry_after_s, RETRY_FIRST_S), RETRY_AFTER_MAX_S))
             retry_s = min(retry_s * 2, RETRY_MAX_S)
+
+    async def _attempt(self, batch: list[SinkRecord]) -> DeliveryError | None:
+        """Deliver ``batch``: None when all of it went out, else how far it got and whether to retry the rest."""
+        try:
+            await self._deliver(batch)
+        except DeliveryError as exc:
+            exc.delivered = min(max(exc.delivered, 0), len(batch))
+            return exc
+        except Exception as exc:
+            return DeliveryError(0, type(exc).__name__, retryable=False)
+        return None
+
+    def _take(self, count: int) -> None:
+        """Take ``count`` settled records off the head of the buffer."""
+        for _ in range(count):
+            self._held.popleft()
+        if not self._held:
+            self._settled.set()
+
+    def _drop_head(self, count: int, reason: str) -> None:
+        self._take(count)
+        if count:
+            self._count_dropped(count, reason)
 
     def _count_dropped(self, count: int, reason: str) -> None:
         self.stats.records_dropped += count
         self._drops.add(count, reason)
 
+    def _report_failure(self, reason: str) -> None:
+        """Log a failure that is being retried, at most once per report interval (drops are reported apart)."""
+        now = asyncio.get_running_loop().time()
+        if now - self._failure_reported_at < self._failure_report_interval_s:
+            return
+        self._failure_reported_at = now
+        log.warning("audit sink %s: delivery failed (%s); the records stay buffered and are retried", self.name,
+                    reason, extra={"sink": self.name})
+
     @abstractmethod
     async def _deliver(self, batch: list[SinkRecord]) -> None:
-        """Send ``batch`` in order; raise when not all of it reached the receiver."""
+        """Send ``batch`` in order; raise when not all of it reached the receiver (see the class docstring)."""
 
     async def _close(self) -> None:
         """Release what ``_deliver`` opened; a kind that holds nothing open keeps this default."""

@@ -11,9 +11,14 @@ are already masked when committed, and nothing here masks, signs or verifies. Se
 from __future__ import annotations
 
 import asyncio
+import bisect
 import contextlib
+import email.utils
+import errno
 import fcntl
 import functools
+import io
+import itertools
 import logging
 import os
 import queue
@@ -23,8 +28,9 @@ import sys
 import termios
 import threading
 from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import IO, Annotated, Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, Protocol, TypeVar
 
 import httpx
 import orjson
@@ -118,6 +124,11 @@ class WriterThread:
         )
         self._thread = threading.Thread(target=self._serve, name=name, daemon=True)
 
+    @property
+    def started(self) -> bool:
+        """Whether a job was ever queued (the thread starts with the first)."""
+        return self._thread.ident is not None
+
     def run(self, fn: Callable[..., T], *args: Any) -> asyncio.Future[T]:
         """Queue ``fn(*args)``; the future settles with its result or exception."""
         loop = asyncio.get_running_loop()
@@ -147,55 +158,107 @@ def _settle(future: asyncio.Future[Any], result: Any, failure: BaseException | N
         future.set_exception(failure)
 
 
+class _RawStream(Protocol):
+    def write(self, data: bytes | memoryview, /) -> int | None: ...
+
+
+def _write_some(stream: _RawStream, data: bytes | memoryview) -> int:
+    """One unbuffered write; how many bytes it took, which may be fewer than given."""
+    count = stream.write(data)
+    if not count:  # None: a non-blocking stream is full (and 0 would have the caller spin)
+        raise BlockingIOError(errno.EAGAIN, "the stream takes no bytes now")
+    return count
+
+
+def _os_error_name(exc: OSError) -> str:
+    return errno.errorcode.get(exc.errno or 0, type(exc).__name__)
+
+
 class JsonLinesSink(Sink):
     """Appends one line per record to a file (opened on first write) or to stdout.
 
-    Sent: the batch's lines were written and flushed to the operating system (not fsynced).
+    Sent: the record's line was written to the operating system (not fsynced). A write the system
+    refuses (a full disk, a pipe whose reader is gone) is retried. Writes are unbuffered, so a failed
+    one leaves nothing behind to come out later, and the line it cut short is finished, not written
+    again, when its record comes back: no line appears twice, and none is torn between whole ones.
     """
 
     def __init__(self, settings: JsonLinesSinkSettings) -> None:
         super().__init__(settings.name or "jsonl", max_buffer_records=settings.max_buffer_records,
                          max_batch_records=settings.max_batch_records, drain_timeout_s=settings.drain_timeout_s)
         self._path = None if settings.path == "-" else Path(settings.path)
-        self._file: IO[bytes] | None = None
+        self._file: io.FileIO | None = None
+        self._torn: tuple[SinkRecord, int] | None = None
+        """The record whose line a failed write cut short, and how many of the line's bytes are out."""
         self._writer = WriterThread(f"audit-sink-{self.name}")
 
     async def _deliver(self, batch: list[SinkRecord]) -> None:
         # Encoded in the render slices too: in one go, megabytes of text would hold the GIL at length.
         lines = await render_in_slices(lambda record: render_json_line(record).encode(), batch)
-        await self._writer.run(self._write, lines)  # file writes block; keep them off the loop
+        await self._writer.run(self._write, batch, lines)  # file writes block; keep them off the loop
 
-    def _write(self, lines: list[bytes]) -> None:
+    def _write(self, batch: list[SinkRecord], lines: list[bytes]) -> None:
+        torn = self._torn
+        skip = torn[1] if torn is not None and torn[0] is batch[0] else 0  # finish the torn line first
+        ends = list(itertools.accumulate(len(line) for line in lines))
+        data = memoryview(b"".join(lines))  # one write per batch, not per line
+        out = skip
+        try:
+            stream = self._stream()
+            if torn is not None and not skip:
+                _write_some(stream, b"\n")  # its record was given up: end the fragment, keep later lines whole
+            self._torn = None
+            while out < len(data):
+                out += _write_some(stream, data[out:])
+        except OSError as exc:
+            written = bisect.bisect_right(ends, out)  # whole lines out
+            if written < len(lines) and out > (ends[written - 1] if written else 0):
+                self._torn = (batch[written], out - (ends[written - 1] if written else 0))
+            raise DeliveryError(written, _os_error_name(exc), retryable=True) from exc
+
+    def _stream(self) -> _RawStream:
         if self._path is None:
             sys.stdout.flush()  # text printed before goes first, whole
-            sys.stdout.buffer.writelines(lines)
-            sys.stdout.buffer.flush()
-            return
+            # Below the buffered layer: a failed write must not leave bytes in a buffer that would
+            # come out after the retry had written them again.
+            stream: _RawStream = getattr(sys.stdout.buffer, "raw", sys.stdout.buffer)
+            return stream
         if self._file is None:
-            self._file = self._path.open("ab")  # kept open across batches and closed in _close
-        try:
-            self._file.writelines(lines)
-            self._file.flush()
-        except OSError:
-            # A file that refused part of a batch would write that part late, with the next one.
-            file, self._file = self._file, None
-            with contextlib.suppress(OSError):
-                file.close()
-            raise
+            # Kept open across batches, failed ones too, so the rest of a torn line follows it in the
+            # same file; closed in _close.
+            self._file = self._path.open("ab", buffering=0)
+        return self._file
 
     async def _close(self) -> None:
+        if self._writer.started:
+            # Behind a write that never returns (a stalled FIFO, a hung mount) this waits too:
+            # shutdown gives it the drain time once more, then leaves the thread to the process exit.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._writer.run(self._finish), self._drain_timeout_s)
+
+    def _finish(self) -> None:
+        """End a line left torn (its record was cut at shutdown), so that what follows starts whole; close the file."""
+        if self._torn is not None:
+            self._torn = None
+            with contextlib.suppress(OSError):  # then it stays unterminated; its record counts as dropped either way
+                _write_some(self._stream(), b"\n")
         file, self._file = self._file, None
         if file is not None:
-            # Behind a write that never returns (a stalled FIFO, a hung mount) the close waits too:
-            # shutdown gives it the drain time once more, then leaves the thread to the process exit.
-            with contextlib.suppress(TimeoutError, OSError):
-                await asyncio.wait_for(self._writer.run(file.close), self._drain_timeout_s)
+            with contextlib.suppress(OSError):
+                file.close()
+
+
+_RETRYABLE_STATUS = frozenset({429, 502, 503, 504})
+"""The answers the OTLP/HTTP specification says to retry ("Retryable Response Codes"); it forbids retrying
+other 4xx and 5xx answers."""
 
 
 class OtlpSink(Sink):
     """POSTs batches to ``<endpoint>/v1/logs``.
 
-    Sent: the collector answered 2xx, less the records its ``partialSuccess`` reports rejected.
+    Sent: the collector answered 2xx, less the records its ``partialSuccess`` reports rejected. What the
+    OTLP/HTTP specification says to retry is retried (``_RETRYABLE_STATUS``, no answer at all); any other
+    refusal drops the batch.
     """
 
     def __init__(self, settings: OtlpSinkSettings, http_client: httpx.AsyncClient) -> None:
@@ -211,11 +274,39 @@ class OtlpSink(Sink):
     async def _deliver(self, batch: list[SinkRecord]) -> None:
         log_records = await render_in_slices(render_otlp_record, batch)
         content = await asyncio.to_thread(render_otlp_request, log_records, self._service)  # megabytes to copy
-        response = await self._client.post(self._url, content=content, headers=self._headers, timeout=self._timeout_s)
-        response.raise_for_status()
+        try:
+            response = await self._client.post(self._url, content=content, headers=self._headers,
+                                               timeout=self._timeout_s)
+        except (httpx.TimeoutException, httpx.NetworkError, httpx.RemoteProtocolError) as exc:
+            # Not reached, or no answer: the specification asks for the same request again, after a wait.
+            raise DeliveryError(0, type(exc).__name__, retryable=True) from exc
+        if response.status_code in _RETRYABLE_STATUS:
+            raise DeliveryError(0, f"HTTP {response.status_code}", retryable=True,
+                                retry_after_s=_retry_after_s(response.headers.get("retry-after")))
+        if not response.is_success:
+            raise DeliveryError(0, f"HTTP {response.status_code}", retryable=False)
         rejected = min(_rejected_log_records(response.content), len(batch))
         if rejected > 0:
-            raise DeliveryError(len(batch) - rejected, "collector rejected records (partialSuccess)")
+            raise DeliveryError(len(batch) - rejected, "collector rejected records (partialSuccess)", retryable=False)
+
+
+def _retry_after_s(value: str | None) -> float | None:
+    """The wait a ``Retry-After`` header asks for, delay-seconds or an HTTP-date (RFC 9110 §10.2.3); None if unreadable.
+
+    May be negative (a date already past); the sink bounds what it waits.
+    """
+    if value is None:
+        return None
+    value = value.strip()
+    if value.isascii() and value.isdigit():
+        return float(value)
+    try:
+        moment = email.utils.parsedate_to_datetime(value)
+    except ValueError:
+        return None
+    if moment.tzinfo is None:  # "-0000" reads as naive; an HTTP-date is always in UTC
+        moment = moment.replace(tzinfo=UTC)
+    return (moment - datetime.now(UTC)).total_seconds()
 
 
 def _rejected_log_records(answer: bytes) -> int:
@@ -280,29 +371,33 @@ class SyslogSink(Sink):
             await self._send_frames(messages)
 
     async def _send_datagrams(self, messages: list[bytes]) -> None:
-        if self._udp is None:
-            s = self._settings
-            async with asyncio.timeout(s.timeout_s):
-                family, kind, proto, _, address = (await asyncio.get_running_loop().getaddrinfo(
-                    s.host, s.port, type=socket.SOCK_DGRAM))[0]
-            udp = socket.socket(family, kind, proto)
-            udp.setblocking(False)
+        try:
+            udp = self._udp if self._udp is not None else await self._open_udp()
+        except OSError as exc:  # the name did not resolve, or not in time (TimeoutError is an OSError)
+            raise DeliveryError(0, type(exc).__name__, retryable=True) from exc
+        for sent, message in enumerate(messages):
             try:
-                udp.connect(address)  # sends nothing; lets the kernel report ICMP refusals on later sends
-            except OSError:
-                udp.close()
-                raise
-            self._udp = udp
-        refused, error = 0, ""
-        for message in messages:
-            try:
-                self._udp.send(message)
+                udp.send(message)
             except OSError as exc:
-                # ECONNREFUSED reports an ICMP refusal of an earlier datagram, and this one is not sent;
-                # EAGAIN/ENOBUFS: the socket buffer is full. Either way this record was not delivered.
-                refused, error = refused + 1, type(exc).__name__
-        if refused:
-            raise DeliveryError(len(messages) - refused, f"datagram refused: {error}")
+                # ECONNREFUSED reports an ICMP refusal of an earlier datagram (gone, yet counted as sent),
+                # and this one is not sent; EAGAIN/ENOBUFS: the socket buffer is full. Either way this
+                # record and those after it wait for the retry.
+                raise DeliveryError(sent, f"datagram refused: {type(exc).__name__}", retryable=True) from exc
+
+    async def _open_udp(self) -> socket.socket:
+        s = self._settings
+        async with asyncio.timeout(s.timeout_s):
+            family, kind, proto, _, address = (await asyncio.get_running_loop().getaddrinfo(
+                s.host, s.port, type=socket.SOCK_DGRAM))[0]
+        udp = socket.socket(family, kind, proto)
+        udp.setblocking(False)
+        try:
+            udp.connect(address)  # sends nothing; lets the kernel report ICMP refusals on later sends
+        except OSError:
+            udp.close()
+            raise
+        self._udp = udp
+        return udp
 
     async def _send_frames(self, messages: list[bytes]) -> None:
         frames = [str(len(message)).encode() + b" " + message for message in messages]  # RFC 6587 §3.4.1
@@ -321,11 +416,14 @@ class SyslogSink(Sink):
                     await asyncio.sleep(pause_s)
                     pause_s = min(pause_s * 2, 0.05)
         except Exception as exc:
+            # The frames not known to be acknowledged go again on a new connection: at least once, since
+            # some may have arrived (a connection that is gone confirms nothing), and a frame may be cut
+            # short, so the stream cannot be resumed.
             delivered = _frames_acknowledged(self._tcp, frames, len(data)) if self._tcp is not None else 0
-            await self._close()  # a frame may be cut short: the stream cannot be resumed
+            await self._close()
             if isinstance(exc, TimeoutError):
-                raise DeliveryError(delivered, f"not acknowledged within {s.timeout_s:g} s") from exc
-            raise DeliveryError(delivered, type(exc).__name__) from exc
+                raise DeliveryError(delivered, f"not acknowledged within {s.timeout_s:g} s", retryable=True) from exc
+            raise DeliveryError(delivered, type(exc).__name__, retryable=True) from exc
         except BaseException:
             await self._close()
             raise

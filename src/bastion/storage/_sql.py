@@ -16,6 +16,7 @@ from bastion.errors import HeadConflictError, StorageError
 from bastion.storage.base import (
     MAX_SEARCH_LIMIT,
     AppendBatch,
+    IndexedEntry,
     RecordQuery,
     SearchColumns,
     check_batch,
@@ -315,6 +316,12 @@ def entry_from_row(row: Any) -> LogEntry:
     return LogEntry(
         origin=row[0], seq=row[1], time=row[2], kind=row[3], body=_stored_bytes(row[4]), leaf_hash=_stored_bytes(row[5])
     )
+
+
+def indexed_entry_from_row(row: Any) -> IndexedEntry:
+    """Build an IndexedEntry from a row selected with ``RECORD_COLUMNS``, whose own search columns
+    are all that searches read (PostgreSQL)."""
+    return IndexedEntry(entry_from_row(row), SearchColumns(row[6], row[7], row[8], row[9]), None, False)
 
 
 def checkpoint_from_row(row: Any) -> StoredCheckpoint:

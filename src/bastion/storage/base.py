@@ -2,7 +2,8 @@
 
 Owns the ``AuditStore`` protocol, the per-origin ``LogHead`` (tree size + Merkle frontier, written
 in the same transaction as the records it covers), search queries and the columns a record is
-indexed by, and how a store may be opened (``OpenMode``). It knows nothing about SQL;
+indexed by (and how verify reads them: ``IndexedEntry``, ``StrayIndexRow``), and how a store may
+be opened (``OpenMode``). It knows nothing about SQL;
 ``storage/sqlite.py`` and ``storage/postgres.py`` implement it.
 Later concerns (approvals, API keys, tool pins, checkpoint time-stamps) add their own protocols plus migrations.
 """
@@ -12,7 +13,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from enum import Enum
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
 import orjson
 
@@ -28,6 +29,9 @@ HASH_BYTES = 32
 """Every leaf and frontier hash is a SHA-256 digest (RFC 6962 §2.1)."""
 MAX_SEARCH_LIMIT = 10_000
 """The most records one search returns; ``RecordQuery.after`` pages through more."""
+LOWEST_SEQ = -(2**63)
+"""The lowest seq a row can be stored at (a 64-bit integer column). The writer stores none below
+0, but searches would find such a row: the stream for verify starts here."""
 
 
 class OpenMode(Enum):
@@ -115,9 +119,11 @@ class RecordQuery:
     after: SearchCursor | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class SearchColumns:
-    """The fields of a record body that the stores copy into indexed columns."""
+class SearchColumns(NamedTuple):
+    """The fields of a record body that the stores copy into indexed columns.
+
+    A named tuple, not a dataclass: one is built per record written, and per record verified.
+    """
 
     subject: str | None
     tool: str | None
@@ -142,18 +148,62 @@ class SearchColumns:
     @classmethod
     def from_doc(cls, doc: dict[str, Any]) -> SearchColumns:
         """Extract the indexed fields from a record body before it is encoded."""
+        outcome = doc.get("outcome")
         return cls(
-            subject=_text(doc, "who", "subject"),
-            tool=_text(doc, "what", "name"),
-            session_id=_text(doc, "correlation", "session_id"),
-            outcome=doc.get("outcome") if isinstance(doc.get("outcome"), str) else None,
+            _text(doc.get("who"), "subject"),
+            _text(doc.get("what"), "name"),
+            _text(doc.get("correlation"), "session_id"),
+            outcome if isinstance(outcome, str) else None,
         )
 
 
-def _text(doc: dict[str, Any], group: str, key: str) -> str | None:
-    section = doc.get(group)
+def _text(section: object, key: str) -> str | None:
     value = section.get(key) if isinstance(section, dict) else None
     return value if isinstance(value, str) else None
+
+
+class SearchIndexRow(NamedTuple):
+    """A row searches match a record by, stored apart from the record (SQLite ``search_index``), as found."""
+
+    time: Any
+    kind: Any
+    subject: Any
+    tool: Any
+    session_id: Any
+    outcome: Any
+
+
+class IndexedEntry(NamedTuple):
+    """A stored record with what searches match it by: what ``bastion audit verify`` compares with its body.
+
+    Stored values are passed on as found, of whatever type, for the verifier to judge.
+    """
+
+    entry: LogEntry
+    columns: SearchColumns
+    """The search columns of the record's own row."""
+    index_row: SearchIndexRow | None
+    """The record's row in a separate search index (SQLite ``search_index``) where it is not a copy
+    of the record's own row (time, kind and search columns); None where it is one, or there is none.
+    The store compares them, so that the verifier reads the copy only where it differs."""
+    hidden: bool
+    """Searches find this record only through a separate index row, and it has none (SQLite: the
+    record is filed, at or below its origin's watermark, or its origin has no head row)."""
+
+
+class StrayIndexRow(NamedTuple):
+    """A search index row (SQLite ``search_index``) at a seq where its origin has no stored record.
+
+    Searches drop it, but only after it took a place within their limit: it can shorten a page of
+    results, so that the records past it look like there are none.
+    """
+
+    origin: str
+    seq: int
+
+
+VerifiedRow = IndexedEntry | StrayIndexRow
+"""What ``AuditStore.stream_indexed_entries`` yields pages of."""
 
 
 def check_batch(batch: AppendBatch) -> None:
@@ -228,6 +278,20 @@ class AuditStore(Protocol):
 
     def stream_entries(self, origin: str, start_seq: int = 0, batch_size: int = 1000) -> AsyncIterator[LogEntry]:
         """Yield every stored record from ``start_seq`` on in seq order, fetching ``batch_size`` at a time."""
+
+    def stream_indexed_entries(self, origin: str, batch_size: int = 1000) -> AsyncIterator[list[VerifiedRow]]:
+        """Yield every stored record of ``origin`` (from ``LOWEST_SEQ`` on) in seq order, with what
+        searches match it by, one page of ``batch_size`` records (``IndexedEntry``) at a time: for
+        verify, which may hold read-only credentials.
+
+        After its records, a page holds the ``StrayIndexRow`` of its seq range (the first page's
+        from ``LOWEST_SEQ``, the last page's on past its last record), in seq order. Each page is
+        read in one snapshot, so it never shows a record without the index row that was filed or
+        pruned together with it.
+
+        Raises:
+            StorageError: the store cannot be read, or ``batch_size`` is not positive.
+        """
 
     async def fetch_checkpoints(
         self, origin: str, min_tree_size: int = 0, limit: int = 1000

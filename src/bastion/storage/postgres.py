@@ -23,11 +23,13 @@ from bastion.audit.entry import LogEntry, StoredCheckpoint
 from bastion.errors import StorageError
 from bastion.storage import _sql
 from bastion.storage.base import (
+    LOWEST_SEQ,
     AppendBatch,
     LogHead,
     OpenMode,
     RecordQuery,
     UnpreparedStoreError,
+    VerifiedRow,
     iterate_pages,
     unpack_frontier,
 )
@@ -272,6 +274,22 @@ class PostgresStore:
             return [_sql.entry_from_row(r) for r in await self._fetch("cannot read records", sql, origin, from_seq, limit)]
 
         return iterate_pages(fetch_page, start_seq, batch_size)
+
+    async def stream_indexed_entries(self, origin: str, batch_size: int = 1000) -> AsyncIterator[list[VerifiedRow]]:
+        """Yield pages of records with their search columns; see ``AuditStore.stream_indexed_entries``.
+
+        Searches read the records themselves, so there is no other index row and none is stray.
+        """
+        if batch_size < 1:
+            raise StorageError("batch_size must be positive")
+        sql = f"SELECT {_sql.RECORD_COLUMNS} FROM records WHERE origin = $1 AND seq >= $2 ORDER BY seq LIMIT $3"
+        next_seq = LOWEST_SEQ
+        while True:
+            rows = await self._fetch("cannot read records", sql, origin, next_seq, batch_size)
+            yield [_sql.indexed_entry_from_row(row) for row in rows]
+            if len(rows) < batch_size:
+                return
+            next_seq = rows[-1][1] + 1
 
     async def fetch_checkpoints(self, origin: str, min_tree_size: int = 0, limit: int = 1000) -> list[StoredCheckpoint]:
         """Return checkpoints with ``tree_size >= min_tree_size``, oldest first."""

@@ -31,18 +31,20 @@ from bastion.audit.entry import LogEntry, StoredCheckpoint
 from bastion.errors import StorageError
 from bastion.storage import _sql
 from bastion.storage.base import (
+    LOWEST_SEQ,
     AppendBatch,
     LogHead,
     OpenMode,
     RecordQuery,
     UnpreparedStoreError,
+    VerifiedRow,
     iterate_pages,
     unpack_frontier,
 )
 from bastion.storage.sqlite_approvals import SqliteApprovalStore
 from bastion.storage.sqlite_keys import SqliteApiKeyStore
 from bastion.storage.sqlite_pins import SqliteToolPinStore
-from bastion.storage.sqlite_search import SearchFiler
+from bastion.storage.sqlite_search import SearchFiler, indexed_page
 from bastion.storage.sqlite_setup import check_migrated, migrate, use_wal
 from bastion.storage.sqlite_timestamps import SqliteCheckpointTimestampStore
 
@@ -401,6 +403,16 @@ class SqliteStore:
             return await self._read(lambda c: [_sql.entry_from_row(r) for r in c.execute(sql, (origin, from_seq, limit))])
 
         return iterate_pages(fetch_page, start_seq, batch_size)
+
+    async def stream_indexed_entries(self, origin: str, batch_size: int = 1000) -> AsyncIterator[list[VerifiedRow]]:
+        """Yield pages of records with their search index rows, and the index rows that lack a
+        record; see ``AuditStore.stream_indexed_entries`` and ``sqlite_search.indexed_page``."""
+        if batch_size < 1:
+            raise StorageError("batch_size must be positive")
+        next_seq: int | None = LOWEST_SEQ
+        while next_seq is not None:
+            page, next_seq = await self._read(functools.partial(indexed_page, origin=origin, from_seq=next_seq, limit=batch_size))
+            yield page
 
     async def fetch_checkpoints(self, origin: str, min_tree_size: int = 0, limit: int = 1000) -> list[StoredCheckpoint]:
         """Return checkpoints with ``tree_size >= min_tree_size``, oldest first."""

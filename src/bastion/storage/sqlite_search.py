@@ -6,7 +6,9 @@ files afterwards, on a connection that does not wait for the disk. Filing copies
 transaction: since an origin's records are contiguous, everything at or below a committed seq is
 committed, so the filed rows of an origin are always exactly those up to its watermark, whichever
 process wrote them. A search reads ``search_index`` and, past each watermark, ``records`` itself
-(``_sql.search_filed_sql``), so it never depends on filing having happened.
+(``_sql.search_filed_sql``), so it never depends on filing having happened. Verify checks that
+invariant (``indexed_page``): the index rows are copies of their records, and every record at or
+below the watermark has one.
 """
 
 from __future__ import annotations
@@ -15,6 +17,9 @@ import contextlib
 import logging
 import sqlite3
 import time
+
+from bastion.storage import _sql
+from bastion.storage.base import IndexedEntry, SearchColumns, SearchIndexRow, StrayIndexRow, VerifiedRow
 
 log = logging.getLogger(__name__)
 
@@ -154,3 +159,67 @@ class SearchFiler:
         self._retry_at = time.monotonic() + self._backoff_s
         log.warning("cannot file %d audit records into the search index (searches still find them);"
                     " next try in %.1f s: %s", self._records, self._backoff_s, exc)
+
+
+_COPIED = ("time", "kind", "subject", "tool", "session_id", "outcome")
+_A_COPY, _UNFILED, _HIDDEN, _NOT_A_COPY = 0, 1, 2, 3
+"""What a record's page row says of its index row: a copy of the record's row (time, kind,
+search columns); none, and searches read the record; none, and searches read only the index;
+one that is not a copy."""
+INDEXED_PAGE_SQL = (
+    # The index row is compared with the record's row here, so that only one that differs reaches
+    # Python: the verifier compares the record's row with the body. Searches read only the index
+    # at or below the watermark, or when the origin has no head row (_sql.search_filed_sql).
+    f"SELECT {', '.join(f'r.{column}' for column in _sql.RECORD_COLUMNS.split(', '))},"
+    f" CASE WHEN i.seq IS NOT NULL THEN"
+    f" CASE WHEN {' AND '.join(f'i.{column} IS r.{column}' for column in _COPIED)} THEN {_A_COPY} ELSE {_NOT_A_COPY} END"
+    " WHEN r.seq <= coalesce((SELECT through FROM search_filed WHERE origin = ?1), -1)"
+    f" OR NOT EXISTS (SELECT 1 FROM log_heads WHERE origin = ?1) THEN {_HIDDEN} ELSE {_UNFILED} END"
+    " FROM records AS r LEFT JOIN search_index AS i ON i.origin = r.origin AND i.seq = r.seq"
+    " WHERE r.origin = ?1 AND r.seq >= ?2 ORDER BY r.seq LIMIT ?3"
+)
+INDEX_ROWS_SQL = f"SELECT seq, {', '.join(_COPIED)} FROM search_index WHERE origin = ?1 AND seq >= ?2 AND seq <= ?3"
+COUNT_INDEX_ROWS_SQL = "SELECT count(*) FROM search_index WHERE origin = ?1 AND seq >= ?2 AND seq <= ?3"
+STRAYS_SQL = (
+    "SELECT seq FROM search_index AS i WHERE origin = ?1 AND seq >= ?2 AND seq <= ?3"
+    " AND NOT EXISTS (SELECT 1 FROM records AS r WHERE r.origin = ?1 AND r.seq = i.seq) ORDER BY seq"
+)
+MAX_SEQ = 2**63 - 1
+"""SQLite's largest integer: the upper bound of the last page's range."""
+
+
+def indexed_page(conn: sqlite3.Connection, origin: str, from_seq: int, limit: int) -> tuple[list[VerifiedRow], int | None]:
+    """Up to ``limit`` records of ``origin`` from ``from_seq`` on with their index rows, then the
+    stray index rows of the page's range; and where the next page starts (None: this is the last).
+
+    One read transaction, so one snapshot: filing and pruning change a record's index row and the
+    watermark together, and no page sees one half of that.
+    """
+    conn.execute("BEGIN")
+    try:
+        return _indexed_page(conn, origin, from_seq, limit)
+    finally:
+        if conn.in_transaction:
+            conn.execute("COMMIT")
+
+
+def _indexed_page(conn: sqlite3.Connection, origin: str, from_seq: int, limit: int) -> tuple[list[VerifiedRow], int | None]:
+    rows = conn.execute(INDEXED_PAGE_SQL, (origin, from_seq, limit)).fetchall()
+    entries = [
+        IndexedEntry(_sql.entry_from_row(row), SearchColumns(row[6], row[7], row[8], row[9]), None, row[10] == _HIDDEN)
+        for row in rows
+    ]
+    last = rows[-1][1] if len(rows) == limit else MAX_SEQ
+    states = [row[10] for row in rows]
+    if _NOT_A_COPY in states:  # tampered: read those index rows
+        found = {row[0]: SearchIndexRow(*row[1:]) for row in conn.execute(INDEX_ROWS_SQL, (origin, from_seq, last))}
+        for at, state in enumerate(states):
+            if state == _NOT_A_COPY:
+                entries[at] = entries[at]._replace(index_row=found[rows[at][1]])
+    # Strays are looked for only when the range holds more index rows than matched a record: a
+    # count of a key range, where looking for them probes ``records`` once per index row.
+    page: list[VerifiedRow] = list(entries)
+    matched = len(states) - states.count(_UNFILED) - states.count(_HIDDEN)
+    if conn.execute(COUNT_INDEX_ROWS_SQL, (origin, from_seq, last)).fetchone()[0] != matched:
+        page += [StrayIndexRow(origin, seq) for (seq,) in conn.execute(STRAYS_SQL, (origin, from_seq, last))]
+    return page, (last + 1 if last != MAX_SEQ else None)

@@ -1,9 +1,10 @@
 """Walk one origin's records in order: rebuild its tree and classify every deviation.
 
 Owns the per-origin state (expected seq, frontier, reorder stash, root comparisons, checkpoint
-cadence and heartbeats, where the records start and which are unsigned). Each step below is
-numbered in verifier/verify.py's checklist; the numbers in the comments refer to it. Opening
-checkpoints is checkpoints.py's; the report shape is report.py's.
+cadence and heartbeats, where the records start and which are unsigned, search index rows that
+belong to no record). Each step below is numbered in verifier/verify.py's checklist; the numbers
+in the comments refer to it. Opening checkpoints is checkpoints.py's; comparing search copies is
+searched.py's; the report shape is report.py's.
 """
 
 from __future__ import annotations
@@ -11,14 +12,17 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 from itertools import pairwise
+from typing import Any
 
 from bastion.audit.canonical import CanonicalEncodingError, parse_canonical
 from bastion.audit.compact import Frontier
 from bastion.audit.entry import LogEntry
 from bastion.audit.hashing import HASH_SIZE_BYTES, hash_leaf
+from bastion.storage.base import IndexedEntry
 from bastion.verifier.checkpoints import OpenedCheckpoint
 from bastion.verifier.report import Problem, SeqRange
 from bastion.verifier.report import ProblemKind as K
+from bastion.verifier.searched import HIDDEN, agrees, differing_columns, stray_reason, stray_runs
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,14 +111,19 @@ class OriginWalk:
         self._late_reported: set[int] = set()
         self._tail_first_time: datetime | None = None
         self._last_time: datetime | None = None
+        self._missing: list[tuple[int, int]] = []
+        """The ``[start, end)`` seq ranges reported as missing records."""
+        self._strays: list[int] = []
+        """Seqs of search index rows where no record is stored."""
 
     def _report(self, kind: K, position: int, reason: str) -> None:
         self.problems.append(Problem(kind, self.origin, position, reason))
 
     # -- steps 1-4: one row ---------------------------------------------------------------------
 
-    def feed(self, entry: LogEntry) -> None:
-        """Check one row locally, then place it in the tree."""
+    def feed(self, entry: LogEntry, searched: IndexedEntry | None = None) -> None:
+        """Check one row locally, then place it in the tree; ``searched``: what the store's searches
+        match it by (for an export, None: nothing)."""
         # (1a) column types: a row rewritten outside the writer (e.g. SQLite ``CAST(body AS TEXT)``)
         # comes with values of another type, which cannot be hashed; the stored leaf hash, if
         # intact, still places the row so later roots confirm the records around it.
@@ -135,12 +144,14 @@ class OriginWalk:
         # (1) leaf hash and canonical body.
         recomputed = hash_leaf(entry.body)
         body: object = None
+        trusted = False
         try:
             body = parse_canonical(entry.body)
         except CanonicalEncodingError as exc:
             self._report(K.MODIFIED_RECORD, entry.seq, f"body is not canonical JSON ({exc})")
         else:
-            if recomputed != entry.leaf_hash:
+            trusted = recomputed == entry.leaf_hash
+            if not trusted:
                 self._report(K.MODIFIED_RECORD, entry.seq, "body does not hash to its stored leaf hash")
         leaf_hash = entry.leaf_hash if len(entry.leaf_hash) == HASH_SIZE_BYTES else recomputed
         # (2) the body's own origin, seq, time and kind against the row's columns.
@@ -155,13 +166,36 @@ class OriginWalk:
             if isinstance(body_seq, int) and not isinstance(body_seq, bool) and body_seq >= 0:
                 seq = body_seq
             else:
+                trusted = False
                 self._report(K.MODIFIED_RECORD, entry.seq, "body carries no valid seq")
-            if body.get("time") != entry.time or body.get("kind") != entry.kind:
-                self._report(K.MODIFIED_RECORD, seq, "stored time/kind columns differ from the body")
+            self._check_columns(entry, body, seq, searched if trusted else None)
         elif body is not None:
             self._report(K.MODIFIED_RECORD, entry.seq, "body is not a JSON object")
         self._start_at(seq)
         self._place(_Row(seq, entry.seq, leaf_hash, _time(entry.time)))
+
+    def _check_columns(self, entry: LogEntry, body: dict[str, Any], seq: int, searched: IndexedEntry | None) -> None:
+        # (2) time/kind, and (2c) what searches match the record by, once its body is trusted (a
+        # modified body is reported already, and its columns may well be the original's). Every
+        # record comes here: the common case, all agreeing, is decided first.
+        time_kind_agree = body.get("time") == entry.time and body.get("kind") == entry.kind
+        if time_kind_agree and (searched is None or agrees(body, searched)):
+            return
+        differing = [] if time_kind_agree else [name for name in ("time", "kind") if body.get(name) != getattr(entry, name)]
+        hidden = False
+        if searched is not None:
+            in_place = seq == entry.seq
+            differing += differing_columns(body, searched, in_place=in_place)
+            hidden = in_place and searched.hidden
+        reasons = [f"stored columns differ from the body ({', '.join(differing)})"] if differing else []
+        if hidden:
+            reasons.append(HIDDEN)
+        if reasons:
+            self._report(K.MODIFIED_RECORD, seq, "; ".join(reasons))
+
+    def stray(self, seq: int) -> None:
+        """Note a search index row at ``seq`` where no record of this origin is stored."""
+        self._strays.append(seq)
 
     def _start_at(self, first_seq: int) -> None:
         if not self._started:
@@ -223,6 +257,7 @@ class OriginWalk:
         reason = f"{resume - self._next} records missing (seq {self._next}..{resume - 1})"
         reason += "; a signed checkpoint covers them" if covered else "; no signed checkpoint covers them yet"
         self._report(kind, self._next, reason)
+        self._missing.append((self._next, resume))
         self._frontier = None
         self._next = resume
         self._reorder_at = None
@@ -247,6 +282,7 @@ class OriginWalk:
                 proven,
                 f"{first_seq - proven} records missing before seq {first_seq}; no retention checkpoint proves pruning",
             )
+            self._missing.append((proven, first_seq))
         self._start = self._next = first_seq
         if self._trusted is not None and self._trusted.checkpoint.tree_size < first_seq:
             self._report(
@@ -305,6 +341,8 @@ class OriginWalk:
             else:
                 self._close_gap()
         self._finish_truncation()
+        for first, count in stray_runs(self._strays, self._missing):  # (8b)
+            self._report(K.MODIFIED_RECORD, first, stray_reason(first, count))
         self._finish_roots()
         self._finish_cadence()
 
@@ -317,6 +355,7 @@ class OriginWalk:
             self._report(
                 K.TRUNCATED_TAIL, self._next, f"a checkpoint covers {largest} records but only {self._next} remain"
             )
+            self._missing.append((self._next, largest))
 
     def _finish_roots(self) -> None:
         results = sorted(self._results, key=lambda r: r[0].checkpoint.tree_size)

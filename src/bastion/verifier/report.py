@@ -17,7 +17,9 @@ class ProblemKind(Enum):
     """One kind of finding; the value is the stable name used in JSON and in exit diagnostics."""
 
     MODIFIED_RECORD = "MODIFIED_RECORD"
-    """A row's body no longer matches its stored leaf hash, is not canonical, or its columns disagree with it."""
+    """A row's body no longer matches its stored leaf hash, is not canonical, or its columns disagree with it
+    (the search columns, and a SQLite search index row, included); or searches cannot find the record, or
+    SQLite search index rows belong to no record."""
     DELETED_RECORD = "DELETED_RECORD"
     """Records are missing at positions a signed checkpoint covers (or before the log start, without a retention checkpoint)."""
     INSERTED_RECORD = "INSERTED_RECORD"

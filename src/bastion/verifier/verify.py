@@ -1,10 +1,13 @@
 """The offline audit-log verifier: records + checkpoints + public keys in, a Report out.
 
 Owns the order of checks and how evidence maps to a problem kind (the checklist below). It
-imports only bastion.audit.{canonical,hashing,compact,proof,checkpoint,keys,entry,timestamp_token}
-and bastion.errors: no storage, no network, no clock unless the caller passes ``Options.now``.
+imports only bastion.audit.{canonical,hashing,compact,proof,checkpoint,keys,entry,timestamp_token},
+bastion.errors, and from bastion.storage.base the shapes of what a store's searches read and the
+definition of the search columns (``SearchColumns.from_doc``): no store, no network, no clock
+unless the caller passes ``Options.now``.
 
-Checklist (the step numbers tag the code in checkpoints.py (a)-(d), origin.py (1)-(8) and timestamps.py (9a)-(9c)):
+Checklist (the step numbers tag the code in checkpoints.py (a)-(d), origin.py (1)-(8), searched.py (2c), (8b)
+and timestamps.py (9a)-(9c)):
 
  0. Open every stored checkpoint first (checkpoints.py): (a) malformed note -> MALFORMED_CHECKPOINT;
     (b) no signature from a ring key -> UNKNOWN_KEY, a ring key's signature fails -> BAD_SIGNATURE,
@@ -24,6 +27,15 @@ Checklist (the step numbers tag the code in checkpoints.py (a)-(d), origin.py (1
     (it is covered by the leaf hash, hence by the roots); time/kind columns differing from the body ->
     MODIFIED_RECORD. (2b) A stored seq column that disagrees with the body's seq means the rows were
     renumbered (to hide a deletion or insertion) -> MODIFIED_RECORD once per run of equal offset.
+    (2c) Rows read from a store come with what its searches match them by (``IndexedEntry``; exports
+    carry none). For a record whose body hashes to its stored leaf hash: search columns differing
+    from ``SearchColumns.from_doc(body)`` -> MODIFIED_RECORD naming them. A separate index row (SQLite
+    ``search_index``), which the store hands over only where it is not a copy of the record's row,
+    is compared with the body too, its time and kind included, and named ``search_index.<column>``;
+    a record that searches find only through an index row but that has none (SQLite: filed, at or
+    below its origin's watermark) is hidden from them -> MODIFIED_RECORD. Both only for a row stored
+    at its body's seq (the index is keyed by the stored seq; a moved row is reported as moved). One
+    finding per row names every differing column, time and kind included.
  3. Place the row by body seq. A seq below the next expected one, or already stashed -> INSERTED_RECORD
     (two records claim one position). A seq above it is stashed; if the missing seq arrives within
     ``reorder_window`` rows the rows were only stored out of order -> REORDERED_RECORDS at the first
@@ -49,6 +61,8 @@ Checklist (the step numbers tag the code in checkpoints.py (a)-(d), origin.py (1
     than that -> CHECKPOINT_GAP at the earlier one, unless it carries ``bastion-closed``.
  8. Tail: a checkpoint (or the trusted one) larger than the records present -> TRUNCATED_TAIL at the first
     missing seq. The records after the newest checkpoint are listed in the summary as unsigned.
+    (8b) Search index rows where no record is stored (``StrayIndexRow``) -> MODIFIED_RECORD per run of
+    seqs, except where the walk already reports records missing (the row is the trace of that deletion).
  9. RFC 3161 tokens, only when the auditor gives TSA certificates (timestamps.py), at the token's tree size:
     (9a) malformed, altered, or not chaining to those certificates (with the timeStamping key purpose)
     -> BAD_TIMESTAMP; (9b) a genuine token whose imprint is SHA-256 of no note stored at that size, or
@@ -63,6 +77,7 @@ from collections.abc import Callable, Iterable, Mapping
 from bastion.audit.compact import Frontier
 from bastion.audit.entry import LogEntry, StoredCheckpoint, StoredTimestamp
 from bastion.audit.keys import KeyRing
+from bastion.storage.base import IndexedEntry, StrayIndexRow
 from bastion.verifier.checkpoints import OpenedCheckpoint, open_checkpoint
 from bastion.verifier.origin import Options, OriginWalk
 from bastion.verifier.report import Problem, Report, Summary
@@ -73,7 +88,7 @@ DEFAULT_OPTIONS = Options()
 
 
 def verify_log(
-    entries: Iterable[LogEntry],
+    entries: Iterable[LogEntry | IndexedEntry | StrayIndexRow],
     checkpoints: Iterable[StoredCheckpoint],
     keys: KeyRing,
     trusted: StoredCheckpoint | None = None,
@@ -87,7 +102,8 @@ def verify_log(
     """Verify a log offline and return what was found (``Report.ok`` when nothing was).
 
     Preconditions: ``entries`` yields each origin's rows in stored seq order (origins may be
-    interleaved); ``keys`` holds the log keys the auditor trusts, with their validity windows and
+    interleaved), from a store with what its searches match them by (``AuditStore.stream_indexed_entries``);
+    ``keys`` holds the log keys the auditor trusts, with their validity windows and
     origin bindings. ``timestamps`` are checked only when ``tsa`` names the TSA certificates the
     auditor trusts. ``prefixes`` gives, per origin, an unsigned frontier of the records before its
     first one (an export that starts mid-log): the tree continues from it and only the origin's
@@ -121,12 +137,16 @@ def verify_log(
         return walks[origin]
 
     # (1)-(4) rows.
-    for entry in entries:
+    for item in entries:
+        if isinstance(item, StrayIndexRow):
+            walk_for(item.origin).stray(item.seq)
+            continue
+        entry, searched = (item.entry, item) if isinstance(item, IndexedEntry) else (item, None)
         summary.records += 1
         if isinstance(entry.time, str):  # (1a) reports a time column of another type
             summary.first_time = min(summary.first_time or entry.time, entry.time)
             summary.last_time = max(summary.last_time or entry.time, entry.time)
-        walk_for(entry.origin).feed(entry)
+        walk_for(entry.origin).feed(entry, searched)
         if on_progress is not None and summary.records % PROGRESS_EVERY_RECORDS == 0:
             on_progress(summary.records)
     # (5)-(8) origins that had checkpoints but no rows still get their truncation checks.

@@ -1,16 +1,19 @@
-"""Shared pieces of the audit sink tests: committed records to offer, a sink that delivers on command,
-a bounded queue wait and a log handler that queues records (tests wait on it, never sleep)."""
+"""Shared pieces of the audit sink tests: committed records to offer, sinks that deliver or fail on command,
+bounded waits and a log handler that queues records (tests wait on it, never sleep)."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+from collections.abc import Callable, Iterator
 from typing import Any
 
+from bastion.audit import sink_delivery
 from bastion.audit.canonical import canonical_bytes
 from bastion.audit.entry import LogEntry
 from bastion.audit.hashing import hash_leaf
-from bastion.audit.sink_delivery import Sink
+from bastion.audit.sink_delivery import DeliveryError, Sink
 from bastion.audit.sink_format import SinkRecord
 
 WAIT_S = 5.0
@@ -55,9 +58,45 @@ class GatedSink(Sink):
             self.delivered.put_nowait(record.entry)
 
 
+class FlakySink(GatedSink):
+    """A receiver that is down (a failure worth a retry) while ``down`` is set; records every batch it is given.
+
+    ``deliver_first``: how many records of the next failing batch get through before it fails (once).
+    """
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.down = True
+        self.deliver_first = 0
+        self.batches: list[list[int]] = []
+        self.failures: asyncio.Queue[list[int]] = asyncio.Queue()
+        """Each failed batch (its seqs), for tests to wait on."""
+
+    async def _deliver(self, batch: list[SinkRecord]) -> None:
+        seqs = [record.entry.seq for record in batch]
+        self.batches.append(seqs)
+        if not self.down:
+            await super()._deliver(batch)
+            return
+        delivered, self.deliver_first = self.deliver_first, 0
+        await super()._deliver(batch[:delivered])
+        self.failures.put_nowait(seqs)
+        raise DeliveryError(delivered, "receiver down", retryable=True)
+
+
 async def take(queue: asyncio.Queue[Any], count: int) -> list[Any]:
     async with asyncio.timeout(WAIT_S):
         return [await queue.get() for _ in range(count)]
+
+
+async def wait_until(condition: Callable[[], bool], what: str) -> None:
+    """Poll ``condition`` on the loop for at most WAIT_S (for state no event marks, like a sink's counters)."""
+    try:
+        async with asyncio.timeout(WAIT_S):
+            while not condition():
+                await asyncio.sleep(0.02)
+    except TimeoutError:
+        raise AssertionError(f"not within {WAIT_S:g} s: {what}") from None
 
 
 class QueueHandler(logging.Handler):
@@ -69,6 +108,23 @@ class QueueHandler(logging.Handler):
 
     def emit(self, record: logging.LogRecord) -> None:
         self.records.put_nowait(record)
+
+
+@contextlib.contextmanager
+def sink_log_records() -> Iterator[QueueHandler]:
+    """Queue what audit/sink_delivery.py logs (drop reports and retried failures) while the block runs."""
+    handler = QueueHandler()
+    logger = logging.getLogger(sink_delivery.__name__)
+    logger.addHandler(handler)
+    try:
+        yield handler
+    finally:
+        logger.removeHandler(handler)
+
+
+def drained(handler: QueueHandler) -> list[logging.LogRecord]:
+    """The records ``handler`` holds now."""
+    return [handler.records.get_nowait() for _ in range(handler.records.qsize())]
 
 
 def parse_rfc5424(message: bytes) -> tuple[str, list[str], bytes]:
