@@ -8,15 +8,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import logging
 from collections.abc import AsyncIterator, Callable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx
-import orjson
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -24,13 +22,12 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Mount, Route, Router
 from starlette.types import Receive, Scope, Send
 
-from bastion import __version__
 from bastion.admin.approvals import approval_routes
 from bastion.approval import ApprovalService
 from bastion.approval.notify import Notifier, SlackNotifier, WebhookNotifier
 from bastion.audit.keys import load_signing_key
 from bastion.audit.log import AuditLog
-from bastion.audit.record import AuditEvent, EventKind
+from bastion.audit.record import EventKind
 from bastion.audit.sealing import SealedField, build_sealer
 from bastion.audit.timestamping import CheckpointTimestamper, build_timestamper, read_tsa_certificates
 from bastion.config import Settings
@@ -43,6 +40,7 @@ from bastion.masking import MaskingEngine, mask_arguments
 from bastion.pipeline.runner import Pipeline
 from bastion.policy import PolicyEngine, PolicyWatcher, RateLimiter
 from bastion.proxy.gateway import Gateway
+from bastion.run_changes import record_changes_since_last_run, run_detail
 from bastion.stages.approval import ApprovalStage, ApprovalStageOptions
 from bastion.stages.audit import AuditStage, GatewayRecorder
 from bastion.stages.confirmation import UserConfirmationStage
@@ -50,8 +48,7 @@ from bastion.stages.masking import MaskingStage
 from bastion.stages.metrics import GaugeReading, Metrics, MetricsStage
 from bastion.stages.pinning import ToolPinning
 from bastion.stages.policy import PolicyStage
-from bastion.storage import RecordQuery, SearchCursor, Store, open_store
-from bastion.storage.base import MAX_SEARCH_LIMIT
+from bastion.storage import Store, open_store
 from bastion.transport.http import McpHttpEndpoint
 from bastion.transport.tls import check_tls_files
 from bastion.upstream.factory import UpstreamFactory
@@ -75,6 +72,8 @@ class Runtime:
     approvals: ApprovalService
     exit_stack: contextlib.AsyncExitStack
     console: Router
+    run_detail: Callable[[], dict[str, Any]]
+    """What the run runs with now, for its ``gateway_stopped`` record."""
     timestamper: CheckpointTimestamper | None = None
 
 
@@ -117,11 +116,6 @@ def _gauges(
     return gauges
 
 
-def settings_sha256(settings: Settings) -> str:
-    """Hash of the effective configuration (secrets included only as their hash's input)."""
-    return hashlib.sha256(orjson.dumps(settings.model_dump(mode="json"), option=orjson.OPT_SORT_KEYS)).hexdigest()
-
-
 async def _policy_source(settings: Settings, recorder: GatewayRecorder) -> tuple[Callable[[], PolicyEngine], PolicyWatcher | None]:
     if settings.policy is not None:
         engine = PolicyEngine(settings.policy)
@@ -156,57 +150,6 @@ def preflight(settings: Settings) -> None:
         PolicyEngine.from_file(Path(settings.policy_file))
 
 
-@dataclass(frozen=True, slots=True)
-class _Found:
-    seq: int
-    time: str
-    detail: dict[str, Any]
-
-
-async def _find_records(store: Store, origin: str, kind: EventKind, since: str | None = None) -> list[_Found]:
-    """``origin``'s records of ``kind``, newest first: every one from time ``since`` on, or else the newest only."""
-    found: list[_Found] = []
-    query = RecordQuery(origin=origin, kind=kind.value, time_from=since, limit=1 if since is None else MAX_SEARCH_LIMIT)
-    while True:
-        page = await store.search_entries(query)
-        found += [_Found(e.seq, e.time, orjson.loads(e.body).get("detail") or {}) for e in page]
-        if since is None or len(page) < query.limit:
-            return found
-        query = replace(query, after=SearchCursor(page[-1].time, page[-1].origin, page[-1].seq))
-
-
-async def _record_changes_since_last_run(store: Store, audit: AuditLog, settings: Settings, policy_hash: str) -> None:
-    """Record what changed while this origin was stopped: the audit mode (the log must show when
-    it stopped failing closed), the configuration and the policy. While it runs, each change is
-    recorded as it happens; across a restart only the last run's own records can tell."""
-    origin = settings.audit.origin
-    started = await _find_records(store, origin, EventKind.GATEWAY_STARTED)
-    switched = await _find_records(store, origin, EventKind.MODE_CHANGED)
-    modes = [(r.seq, r.detail.get("audit_mode") or r.detail.get("to")) for r in started + switched]
-    mode = max(((seq, m) for seq, m in modes if isinstance(m, str)), default=None)
-    if mode is not None and mode[1] != audit.mode.value:
-        await audit.append(
-            AuditEvent(kind=EventKind.MODE_CHANGED, detail={"from": mode[1], "to": audit.mode.value, "reason": "configuration"})
-        )
-    if not started:
-        return  # the origin's first run (or its start records were pruned): nothing to compare with
-    last_start = started[0]
-    config_sha256 = settings_sha256(settings)
-    if last_start.detail.get("config_sha256") != config_sha256:
-        before, after = set(last_start.detail.get("upstreams") or ()), set(settings.upstreams)
-        detail = {"what": "configuration", "reason": "restart", "old_config_sha256": last_start.detail.get("config_sha256"),
-                  "new_config_sha256": config_sha256, "upstreams_added": sorted(after - before),
-                  "upstreams_removed": sorted(before - after)}
-        await audit.append(AuditEvent(kind=EventKind.CONFIG_CHANGED, detail=detail))
-    # The policy the last run ended with: the one it started with, or the last a hot reload switched to.
-    changes = await _find_records(store, origin, EventKind.CONFIG_CHANGED, since=last_start.time)
-    reloads = [r.detail.get("new_policy_hash") for r in changes if r.seq > last_start.seq and r.detail.get("what") == "policy"]
-    last_policy = reloads[0] if reloads else last_start.detail.get("policy_hash")
-    if last_policy != policy_hash:
-        detail = {"what": "policy", "reason": "restart", "old_policy_hash": last_policy, "new_policy_hash": policy_hash}
-        await audit.append(AuditEvent(kind=EventKind.CONFIG_CHANGED, detail=detail))
-
-
 async def start_runtime(settings: Settings) -> Runtime:
     """Open every part; raises (ConfigError, StorageError) if any cannot start."""
     store = await open_store(settings.store)
@@ -219,7 +162,7 @@ async def start_runtime(settings: Settings) -> Runtime:
     masking = MaskingEngine(settings.masking)
     recorder = GatewayRecorder(audit, masking.masker(None))
     engine_source, watcher = await _policy_source(settings, recorder)
-    await _record_changes_since_last_run(store, audit, settings, engine_source().policy_hash)
+    await record_changes_since_last_run(store, audit, settings, engine_source().policy_hash)
     authenticator = Authenticator.from_settings(settings.identity, store.api_keys)
     approvals = _approval_service(settings, store, audit, http_client)
     exit_stack = contextlib.AsyncExitStack()
@@ -266,14 +209,10 @@ async def start_runtime(settings: Settings) -> Runtime:
     admin = Router(routes=approval_routes(approvals, authenticate_admin))
     console = console_router(approvals, store, audit, authenticate_admin)  # same credentials as the admin API
     await gateway.start()
-    await recorder.gateway(
-        EventKind.GATEWAY_STARTED,
-        {"version": __version__, "config_sha256": settings_sha256(settings), "policy_hash": engine_source().policy_hash,
-         "audit_mode": audit.mode.value, "upstreams": sorted(settings.upstreams)},
-    )
+    await recorder.gateway(EventKind.GATEWAY_STARTED, run_detail(settings, engine_source().policy_hash, audit))
     watcher_task = asyncio.create_task(watcher.run(), name="policy-watcher") if watcher is not None else None
     return Runtime(store, audit, http_client, authenticator, gateway, mcp, watcher_task, metrics, admin, approvals, exit_stack,
-                   console, timestamper)
+                   console, lambda: run_detail(settings, engine_source().policy_hash, audit), timestamper)
 
 
 def _approval_service(settings: Settings, store: Store, audit: AuditLog, http_client: httpx.AsyncClient) -> ApprovalService:
@@ -304,7 +243,7 @@ async def stop_runtime(runtime: Runtime) -> None:
     await runtime.exit_stack.aclose()  # the approval service: notifier tasks, expiry sweep, LISTEN
     await runtime.authenticator.aclose()
     with contextlib.suppress(Exception):
-        await runtime.gateway.recorder.gateway(EventKind.GATEWAY_STOPPED, {"version": __version__})
+        await runtime.gateway.recorder.gateway(EventKind.GATEWAY_STOPPED, runtime.run_detail())
     await runtime.audit.aclose()
     if runtime.timestamper is not None:
         await runtime.timestamper.aclose()  # after the final checkpoint, so that one is stamped too

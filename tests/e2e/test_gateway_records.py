@@ -136,6 +136,11 @@ async def test_a_client_reply_nobody_waits_for_is_recorded_masked_or_refused(gat
         set_store_broken(workdir, True)
         refused = await http.post(url, json={**stray, "id": 4243}, headers=headers)
         set_store_broken(workdir, False)
+        unrecordable = await http.post(url, json={**stray, "id": 2**60}, headers=headers)  # beyond RFC 8785's integers
+        assert unrecordable.status_code == 400
+        assert unrecordable.json()["error"]["code"] == codes.INVALID_REQUEST
+        listed = await http.post(url, json={"jsonrpc": "2.0", "id": 1, "method": "tools/list"}, headers=headers)
+        assert listed.status_code == 200  # the session serves on
     assert refused.status_code == 503
     assert refused.json()["error"]["code"] == codes.AUDIT_UNAVAILABLE
 

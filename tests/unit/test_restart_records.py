@@ -13,6 +13,8 @@ import yaml
 from tests.e2e.gateway import complete_config, echo_upstream, signing_key_file
 
 from bastion.app import start_runtime, stop_runtime
+from bastion.audit.keys import load_signing_key
+from bastion.audit.retention import prune
 from bastion.audit.record import EventKind
 from bastion.config import parse_settings
 from bastion.storage import RecordQuery, open_store
@@ -97,3 +99,51 @@ async def test_policy_edited_while_stopped_is_compared_with_the_policy_the_last_
     changes = await _details(tmp_path, EventKind.CONFIG_CHANGED)
     assert changes[1:] == [{"what": "policy", "reason": "restart", "old_policy_hash": reload["new_policy_hash"],
                             "new_policy_hash": reload["old_policy_hash"]}]
+
+
+async def test_a_rotated_secret_is_a_configuration_change(tmp_path: Path) -> None:
+    await _run_once(_config(tmp_path, ["alpha"], masking={"hmac_key": "k" * 32}))
+    await _run_once(_config(tmp_path, ["alpha"], masking={"hmac_key": "z" * 32}))
+    [change] = await _details(tmp_path, EventKind.CONFIG_CHANGED)
+    assert change["what"] == "configuration" and change["upstreams_added"] == change["upstreams_removed"] == []
+    started = await _details(tmp_path, EventKind.GATEWAY_STARTED)
+    assert "k" * 32 not in json.dumps(started)  # the secret goes into the hash only as its own digest
+
+
+async def test_the_stop_record_says_how_the_run_ended_so_a_pruned_start_still_compares(tmp_path: Path) -> None:
+    policy = tmp_path / "policy.yaml"
+    _write_policy(policy, "allow")
+    config = _config(tmp_path, ["alpha"], policy_file=str(policy))
+    await _run_once(config)
+    [stopped] = await _details(tmp_path, EventKind.GATEWAY_STOPPED)
+    [started] = await _details(tmp_path, EventKind.GATEWAY_STARTED)
+    assert stopped == started
+    store = await open_store(f"sqlite:///{tmp_path}/audit.db")
+    try:  # the retention cut takes the start record and leaves the stop record
+        head = await store.fetch_head(ORIGIN)
+        assert head is not None
+        await prune(store, ORIGIN, head.tree_size - 1, load_signing_key(path=str(tmp_path / "restarts.key")))
+    finally:
+        await store.aclose()
+    assert await _details(tmp_path, EventKind.GATEWAY_STARTED) == []
+
+    _write_policy(policy, "deny")
+    await _run_once(_config(tmp_path, ["alpha", "beta"], policy_file=str(policy)))
+    changes = await _details(tmp_path, EventKind.CONFIG_CHANGED)
+    assert [(c["what"], c.get("upstreams_added")) for c in changes] == [("configuration", ["beta"]), ("policy", None)]
+    assert changes[0]["old_config_sha256"] == stopped["config_sha256"]
+    assert changes[1]["old_policy_hash"] == stopped["policy_hash"]
+
+
+async def test_with_nothing_left_to_compare_with_the_change_is_recorded_as_unknown(tmp_path: Path) -> None:
+    await _run_once(_config(tmp_path, ["alpha"]))
+    store = await open_store(f"sqlite:///{tmp_path}/audit.db")
+    try:  # a crash-like end: no stop record, and the start record pruned
+        head = await store.fetch_head(ORIGIN)
+        assert head is not None
+        await prune(store, ORIGIN, head.tree_size, load_signing_key(path=str(tmp_path / "restarts.key")))
+    finally:
+        await store.aclose()
+    await _run_once(_config(tmp_path, ["alpha"]))
+    [change] = await _details(tmp_path, EventKind.CONFIG_CHANGED)
+    assert change["old_config_sha256"] is None and change["note"] == "no earlier start or stop record to compare with"

@@ -220,6 +220,8 @@ class McpHttpEndpoint:
                     await self.gateway.recorder.stray_reply(session.caller, message)
                 except StorageError:
                     raise HttpError(503, codes.AUDIT_UNAVAILABLE, "Service Unavailable: the audit store cannot record") from None
+                except CanonicalEncodingError:
+                    raise HttpError(400, codes.INVALID_REQUEST, "Invalid Request: the id has no record form") from None
         if not requests:
             await _respond(send, 202, b"", {})
             return
