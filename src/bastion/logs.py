@@ -1,7 +1,7 @@
 """Structured JSON log lines on stderr, and ``escape_json_text``, which keeps any JSON text on one line.
 
 Owns the log line shape (one object per line) and the escaping that both these lines and the audit
-sinks' copies (audit/sink_format.py) rely on so that no logged value can forge or disguise a line.
+sinks' copies (audit/sinks/format.py) rely on so that no logged value can forge or disguise a line.
 Which events are logged, and at what level, is each module's business.
 """
 

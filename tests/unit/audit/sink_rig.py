@@ -9,12 +9,12 @@ import logging
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from bastion.audit import sink_delivery
+from bastion.audit.sinks import delivery as sink_delivery
 from bastion.audit.canonical import canonical_bytes
 from bastion.audit.entry import LogEntry
 from bastion.audit.hashing import hash_leaf
-from bastion.audit.sink_delivery import DeliveryError, Sink
-from bastion.audit.sink_format import SinkRecord
+from bastion.audit.sinks.delivery import DeliveryError, Sink
+from bastion.audit.sinks.format import SinkRecord
 
 WAIT_S = 5.0
 ORIGIN = "bastion.test/sinks"
@@ -112,7 +112,7 @@ class QueueHandler(logging.Handler):
 
 @contextlib.contextmanager
 def sink_log_records() -> Iterator[QueueHandler]:
-    """Queue what audit/sink_delivery.py logs (drop reports and retried failures) while the block runs."""
+    """Queue what audit/sinks/delivery.py logs (drop reports and retried failures) while the block runs."""
     handler = QueueHandler()
     logger = logging.getLogger(sink_delivery.__name__)
     logger.addHandler(handler)

@@ -24,8 +24,8 @@ from sink_rig import (
     take,
 )
 
-from bastion.audit.sink_delivery import DeliveryError
-from bastion.audit.sink_format import SinkRecord
+from bastion.audit.sinks.delivery import DeliveryError
+from bastion.audit.sinks.format import SinkRecord
 from bastion.audit.sinks import SinkFanout
 
 pytestmark = pytest.mark.anyio

@@ -11,7 +11,7 @@ import orjson
 from sink_rig import HOSTILE, ORIGIN, SPAN_ID, TRACE_ID, make_entry, parse_rfc5424
 
 from bastion.audit.hashing import hash_leaf
-from bastion.audit.sink_format import (
+from bastion.audit.sinks.format import (
     SinkRecord,
     render_json_line,
     render_otlp_record,

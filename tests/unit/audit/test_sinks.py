@@ -15,12 +15,14 @@ import errno
 import fcntl
 import json
 import os
+import resource
+import signal
 import socket
 import struct
 import termios
 import threading
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -48,12 +50,12 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from bastion.audit import sink_delivery
+from bastion.audit.sinks import delivery as sink_delivery
 from bastion.audit.keys import generate_signing_key, render_signing_key
 from bastion.audit.log import AuditLog, CheckpointPolicy
 from bastion.audit.record import AuditEvent, EventKind
 from bastion.audit.settings import AuditSettings
-from bastion.audit.sink_format import SinkRecord, render_json_line
+from bastion.audit.sinks.format import SinkRecord, render_json_line
 from bastion.audit.sinks import (
     JsonLinesSink,
     JsonLinesSinkSettings,
@@ -62,8 +64,8 @@ from bastion.audit.sinks import (
     SinkFanout,
     SyslogSink,
     SyslogSinkSettings,
-    _retry_after_s,
 )
+from bastion.audit.sinks.network import _retry_after_s
 from bastion.storage import open_store
 
 pytestmark = pytest.mark.anyio
@@ -177,37 +179,148 @@ async def test_jsonl_sink_finishes_a_torn_line_and_loses_nothing_when_the_reader
     assert sink.stats.delivery_failures >= 1
 
 
-class FillingDisk:
-    """A file on a disk with ``room`` bytes left: a write takes what fits, then writes fail with ENOSPC."""
-
-    def __init__(self, room: int) -> None:
-        self.room = room
-        self.data = bytearray()
-
-    def write(self, chunk: bytes | memoryview) -> int:
-        if not self.room:
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-        taken = bytes(chunk[:self.room])
-        self.data += taken
-        self.room -= len(taken)
-        return len(taken)
+def jsonl_lines(*seqs: int) -> list[bytes]:
+    """The lines a JSON Lines sink writes for ``make_entry(seq)`` of each seq (one digit: all of a length)."""
+    return [render_json_line(record).encode() for record in records(*(make_entry(seq) for seq in seqs))]
 
 
-async def test_jsonl_sink_ends_a_torn_line_at_shutdown_when_the_disk_stays_full(
+@contextlib.contextmanager
+def file_size_limit(limit: int) -> Iterator[Callable[[int], None]]:
+    """While the block runs, a file this process writes cannot grow past ``limit`` bytes (RLIMIT_FSIZE).
+
+    A write across the limit takes what fits, the next fails with EFBIG, as on a full disk (Python ignores
+    SIGXFSZ, which would otherwise end the process). Yields a function that moves the limit.
+    """
+    assert signal.getsignal(signal.SIGXFSZ) == signal.SIG_IGN
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (limit, hard))
+    try:
+        yield lambda new_limit: resource.setrlimit(resource.RLIMIT_FSIZE, (new_limit, hard))
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+
+
+async def test_jsonl_sink_ends_a_torn_line_at_shutdown_when_the_file_stays_full(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setattr(sink_delivery, "RETRY_FIRST_S", 3600.0)  # after the failure the worker only waits
-    lines = [render_json_line(record).encode() for record in records(make_entry(0), make_entry(1))]
-    disk = FillingDisk(room=len(lines[0]) + 10)  # the second line is cut after 10 bytes
-    sink = JsonLinesSink(JsonLinesSinkSettings(type="jsonl", path=str(tmp_path / "unused"), drain_timeout_s=0.1))
-    monkeypatch.setattr(sink, "_stream", lambda: disk)
-    sink.offer(records(make_entry(0), make_entry(1)))
-    sink.start()
-    await wait_until(lambda: sink.stats.delivery_failures == 1, "the write failed")
-    disk.room = 1  # room for the line break that ends the fragment
-    await sink.aclose()
-    assert bytes(disk.data) == lines[0] + lines[1][:10] + b"\n"  # so a later line starts whole
+    path = tmp_path / "audit.jsonl"
+    lines = jsonl_lines(0, 1)
+    sink = JsonLinesSink(JsonLinesSinkSettings(type="jsonl", path=str(path), drain_timeout_s=0.1))
+    with file_size_limit(len(lines[0]) + 10) as set_limit:  # the second line is cut after 10 bytes
+        sink.offer(records(make_entry(0), make_entry(1)))
+        sink.start()
+        await wait_until(lambda: sink.stats.delivery_failures == 1, "the write failed")
+        set_limit(len(lines[0]) + 11)  # room for the line break that ends the fragment
+        await sink.aclose()
+    assert path.read_bytes() == lines[0] + lines[1][:10] + b"\n"  # so a later line starts whole
     assert (sink.stats.records_sent, sink.stats.records_dropped) == (1, 1)
+
+
+async def test_jsonl_sink_writes_to_a_new_file_when_its_file_is_renamed_between_batches(tmp_path: Path) -> None:
+    path, rotated = tmp_path / "audit.jsonl", tmp_path / "audit.jsonl.1"
+    lines = jsonl_lines(0, 1, 2)
+    sink = JsonLinesSink(JsonLinesSinkSettings(type="jsonl", path=str(path)))
+    sink.start()
+    sink.offer(records(make_entry(0)))
+    await wait_until(lambda: sink.stats.records_sent == 1, "the first line written")
+    path.rename(rotated)  # logrotate's default ("create"): the file moves away, and no signal tells the sink
+    sink.offer(records(make_entry(1), make_entry(2)))
+    await sink.aclose()
+    assert rotated.read_bytes() == lines[0]
+    assert path.read_bytes() == lines[1] + lines[2]
+
+
+async def test_jsonl_sink_creates_its_file_again_when_it_is_deleted_while_full(tmp_path: Path) -> None:
+    path = tmp_path / "audit.jsonl"
+    lines = jsonl_lines(0, 1, 2, 3)
+    sink = JsonLinesSink(JsonLinesSinkSettings(type="jsonl", path=str(path)))
+    with file_size_limit(2 * len(lines[0])):  # full after two whole lines; a new file takes two more
+        sink.offer(records(*(make_entry(seq) for seq in range(4))))
+        sink.start()
+        await wait_until(lambda: sink.stats.delivery_failures >= 1, "a write refused")
+        assert path.read_bytes() == lines[0] + lines[1]
+        path.unlink()  # to free the disk; the sink's open descriptor would keep the file's space, and stay full
+        await wait_until(lambda: sink.stats.records_sent == 4, "the other two written")
+    await sink.aclose()
+    assert path.read_bytes() == lines[2] + lines[3]
+    assert sink.stats.records_dropped == 0
+
+
+async def test_jsonl_sink_writes_a_torn_line_whole_in_the_new_file_when_the_full_file_is_rotated(
+    tmp_path: Path,
+) -> None:
+    path, rotated = tmp_path / "audit.jsonl", tmp_path / "audit.jsonl.1"
+    lines = jsonl_lines(0, 1, 2)
+    sink = JsonLinesSink(JsonLinesSinkSettings(type="jsonl", path=str(path)))
+    with file_size_limit(len(lines[0]) + 10) as set_limit:  # EFBIG with the second line 10 bytes out
+        sink.offer(records(*(make_entry(seq) for seq in range(3))))
+        sink.start()
+        await wait_until(lambda: sink.stats.delivery_failures >= 1, "a write refused")
+        path.rename(rotated)
+        set_limit(resource.RLIM_INFINITY)
+        await wait_until(lambda: sink.stats.records_sent == 3, "the rest written")
+    await sink.aclose()
+    # The rest of the torn line could only follow it in the file it was started in: that one keeps the
+    # unterminated fragment, and the new file gets the line whole.
+    assert rotated.read_bytes() == lines[0] + lines[1][:10]
+    assert path.read_bytes() == lines[1] + lines[2]
+    assert (sink.stats.records_sent, sink.stats.records_dropped) == (3, 0)
+
+
+class DeadAfter:
+    """An open file whose descriptor takes ``room`` bytes, then fails every write with EIO for good, as one a
+    soft NFS mount gave up on (or a stale handle) does."""
+
+    def __init__(self, file: Any, room: int) -> None:
+        self.file = file
+        self.room = room
+
+    def write(self, chunk: bytes | memoryview) -> int:
+        if not self.room:
+            raise OSError(errno.EIO, os.strerror(errno.EIO))
+        count: int = self.file.write(chunk[:self.room])
+        self.room -= count
+        return count
+
+    def fileno(self) -> int:
+        return int(self.file.fileno())
+
+    def close(self) -> None:
+        self.file.close()
+
+
+class FlakyMount:
+    """The sink's path on a mount where the first file opened dies after ``room`` bytes; later opens work."""
+
+    def __init__(self, path: Path, room: int) -> None:
+        self.path = path
+        self.room = room
+        self.opened = 0
+
+    def __fspath__(self) -> str:
+        return str(self.path)
+
+    def open(self, mode: str, buffering: int) -> Any:
+        self.opened += 1
+        file = self.path.open(mode, buffering=buffering)
+        return DeadAfter(file, self.room) if self.opened == 1 else file
+
+
+async def test_jsonl_sink_finishes_a_torn_line_on_a_new_descriptor_when_the_old_one_dies(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    path = tmp_path / "audit.jsonl"
+    lines = jsonl_lines(0, 1, 2)
+    mount = FlakyMount(path, room=len(lines[0]) + 10)
+    sink = JsonLinesSink(JsonLinesSinkSettings(type="jsonl", path=str(path)))
+    monkeypatch.setattr(sink, "_path", mount)
+    sink.offer(records(*(make_entry(seq) for seq in range(3))))
+    sink.start()
+    await wait_until(lambda: sink.stats.records_sent == 3, "every line written")
+    await sink.aclose()
+    assert path.read_bytes() == b"".join(lines)  # the same file: its torn line finished, none repeated
+    assert mount.opened == 2 and sink.stats.delivery_failures == 1
 
 
 async def test_records_are_parsed_once_off_the_loop_when_several_sinks_copy_them(
@@ -692,6 +805,67 @@ async def test_syslog_tcp_counts_as_sent_only_what_was_acknowledged_when_the_rec
     assert 20 * frame_bytes > receive_buffer and stats.records_dropped >= 1
     # Counted as sent: only whole frames the receiving host's TCP acknowledged into that buffer.
     assert stats.records_sent * frame_bytes <= receive_buffer
+
+
+def whole_frames(stream: bytes) -> list[int]:
+    """The seqs of the whole RFC 6587 frames in what one connection carried; a frame cut short at its end is no record."""
+    seqs: list[int] = []
+    while b" " in stream:
+        length, _, rest = stream.partition(b" ")
+        if len(rest) < int(length):
+            break
+        seqs.append(json.loads(parse_rfc5424(rest[:int(length)])[2])["seq"])
+        stream = rest[int(length):]
+    return seqs
+
+
+async def read_to_the_end(connection: socket.socket) -> bytes:
+    """What the peer sent on ``connection`` up to its close or reset; fails if that takes longer than WAIT_S."""
+    loop, data = asyncio.get_running_loop(), b""
+    async with asyncio.timeout(WAIT_S):
+        while True:
+            try:
+                chunk = await loop.sock_recv(connection, 1 << 16)
+            except ConnectionResetError:
+                return data
+            if not chunk:
+                return data
+            data += chunk
+
+
+async def test_syslog_tcp_sends_nothing_more_on_a_connection_it_gave_up_when_the_receiver_stalls() -> None:
+    # The receiver stops reading (a small receive buffer: accepted sockets inherit it) for longer than
+    # timeout_s, so the sink gives the connection up and sends the unacknowledged frames on a new one.
+    # When the receiver reads again, the old connection must hold nothing the new one repeats.
+    loop = asyncio.get_running_loop()
+    with socket.socket() as listener:
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16_384)
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(2)
+        listener.setblocking(False)
+        sink = SyslogSink(SyslogSinkSettings(type="syslog", host="127.0.0.1", port=listener.getsockname()[1],
+                                             protocol="tcp", timeout_s=1.0, max_batch_records=40,
+                                             drain_timeout_s=WAIT_S))
+        sink.offer(records(*(make_entry(seq, pad=3_000) for seq in range(40))))
+        sink.start()
+        async with asyncio.timeout(WAIT_S):
+            first, _ = await loop.sock_accept(listener)  # not read until the sink has reconnected
+            second, _ = await loop.sock_accept(listener)
+        with first, second:
+            old = whole_frames(await read_to_the_end(first))  # a receiver that takes its connections in turn
+            stream, new = b"", []
+            async with asyncio.timeout(WAIT_S):
+                while 39 not in new:
+                    chunk = await loop.sock_recv(second, 1 << 16)
+                    assert chunk, "the new connection closed early"
+                    stream += chunk
+                    new = whole_frames(stream)
+            await sink.aclose()
+    assert 0 < len(old) < 40  # what the old connection's receive buffer held when the sink gave it up
+    # In commit order, none twice: what the old connection had not sent was discarded, not sent after
+    # the new connection's copies. (The receiver read nothing before the sink gave up, so no frame may repeat.)
+    assert old + new == list(range(40))
+    assert (sink.stats.records_sent, sink.stats.records_dropped) == (40, 0)
 
 
 async def test_tcp_syslog_reconnects_and_loses_nothing_when_the_receiver_resets_the_connection() -> None:

@@ -1,10 +1,10 @@
 """How one audit sink delivers: a bounded buffer, one worker task, retries, counters and drop reports.
 
-Owns ``Sink`` (the base of the three sink kinds in audit/sinks.py), ``SinkStats``, ``DeliveryError`` and
+Owns ``Sink`` (the base of the three sink kinds in audit/sinks/), ``SinkStats``, ``DeliveryError`` and
 the rule that a sink never makes the writer wait: ``offer`` only buffers, and what does not fit is
 dropped and counted. A failure the receiver may recover from keeps the records for a retry; only a
 full buffer, a refusal for good or shutdown drops them. What a record looks like on the wire is
-audit/sink_format.py's; how it travels, and which failures are worth a retry, is each kind's.
+audit/sinks/format.py's; how it travels, and which failures are worth a retry, is each kind's.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from itertools import islice
 from typing import TypeVar
 
-from bastion.audit.sink_format import SinkRecord
+from bastion.audit.sinks.format import SinkRecord
 
 log = logging.getLogger(__name__)
 

@@ -1,7 +1,7 @@
 """What the audit sinks send: one committed record as a JSON line, an OTLP log record or an RFC 5424 message.
 
 Owns ``SinkRecord`` (a committed record parsed and made line-safe once, however many sinks copy
-it) and the pure ``render_*`` functions; buffering and counting are audit/sink_delivery.py's, transports audit/sinks.py's.
+it) and the pure ``render_*`` functions; buffering and counting are audit/sinks/delivery.py's, transports audit/sinks/'s.
 Nothing here does I/O, masks, signs or verifies.
 """
 
@@ -127,7 +127,7 @@ def render_otlp_record(record: SinkRecord) -> bytes:
 def render_otlp_request(log_records: Sequence[bytes], service_name: str) -> bytes:
     """An ``ExportLogsServiceRequest`` (OTLP/HTTP JSON) holding ``log_records`` from ``render_otlp_record``."""
     resource = orjson.dumps({"attributes": [_attr("service.name", service_name)]})
-    # Spliced, not re-encoded: each record was encoded on its own, a slice at a time (audit/sink_delivery.py).
+    # Spliced, not re-encoded: each record was encoded on its own, a slice at a time (audit/sinks/delivery.py).
     return (b'{"resourceLogs":[{"resource":' + resource + b',"scopeLogs":[{"scope":{"name":"bastion.audit"},'
             b'"logRecords":[' + b",".join(log_records) + b"]}]}]}")
 
