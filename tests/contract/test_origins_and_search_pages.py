@@ -27,7 +27,7 @@ from bastion.audit.compact import Frontier
 from bastion.audit.entry import LogEntry
 from bastion.errors import StorageError
 from bastion.storage import AuditStore, RecordQuery, SearchCursor, _sql
-from bastion.storage.base import MAX_SEARCH_LIMIT
+from bastion.storage.base import MAX_SEARCH_LIMIT, StrayIndexRow
 
 pytestmark = pytest.mark.anyio
 
@@ -61,6 +61,17 @@ async def test_an_origin_is_listed_by_its_records_or_checkpoints_when_its_head_r
             assert await store.fetch_origins() == ["o1", "o2", "o3"]
 
 
+async def test_sqlite_an_origin_is_listed_by_its_search_index_rows_alone(tmp_path: Path) -> None:
+    """Index rows filed under an origin that has nothing else stored are verified only if verify walks it."""
+    url = f"sqlite:///{tmp_path / 'store.db'}"
+    async with opened(url) as store:
+        await _write_logs(store, ["o1"], 3)
+    await run_sql(url, "INSERT INTO search_index (origin, seq, time, kind) VALUES ('o0', 7, 't', 'request')")
+    async with opened(url) as store:
+        assert await store.fetch_origins() == ["o0", "o1"]
+        assert [page async for page in store.stream_indexed_entries("o0")] == [[StrayIndexRow("o0", 7)]]
+
+
 @pytest.mark.parametrize("backend", PERSISTENT_BACKENDS)
 async def test_listing_origins_seeks_each_one_in_the_indexes_instead_of_reading_every_row(
     backend: str, tmp_path: Path
@@ -69,8 +80,12 @@ async def test_listing_origins_seeks_each_one_in_the_indexes_instead_of_reading_
         async with opened(url) as store:
             await _write_logs(store, [f"o{i}" for i in range(20)], 200)
         if backend == "sqlite-file":
-            plan = explain_sqlite(url.removeprefix("sqlite:///"), _sql.ORIGINS_SQL, [])
-            seeks = ["SEARCH r USING PRIMARY KEY (origin>?)", "SEARCH c USING COVERING INDEX checkpoints_origin_size (origin>?)"]
+            plan = explain_sqlite(url.removeprefix("sqlite:///"), _sql.SQLITE_ORIGINS_SQL, [])
+            seeks = [
+                "SEARCH records USING PRIMARY KEY (origin>?)",
+                "SEARCH checkpoints USING COVERING INDEX checkpoints_origin_size (origin>?)",
+                "SEARCH search_index USING PRIMARY KEY (origin>?)",
+            ]
         else:
             plan = await explain_postgres(url, _sql.ORIGINS_SQL, [])
             seeks = ["Index Only Scan using records_pkey", "Index Only Scan using checkpoints_origin_size"]

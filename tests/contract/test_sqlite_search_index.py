@@ -19,9 +19,9 @@ from tests.contract.backends import opened
 from tests.contract.test_storage import checkpoint_at, checkpoint_batch, make_batch, make_entry
 
 from bastion.audit.compact import Frontier
-from bastion.storage import AuditStore, RecordQuery, Store, open_store
+from bastion.storage import AuditStore, RecordQuery, SearchCursor, Store, open_store
 from bastion.storage.migrate import SCHEMA_MIGRATIONS_SQL, load_migrations
-from bastion.storage.sqlite_search import SearchFiler, is_busy
+from bastion.storage.sqlite_search import SearchFiler, is_busy, search
 
 pytestmark = pytest.mark.anyio
 
@@ -275,6 +275,48 @@ async def test_rows_filed_past_a_watermark_are_found_once(tmp_path: Path) -> Non
         _query(path, "UPDATE search_filed SET through = 4")
         assert await _seqs(store) == list(range(9, -1, -1))
         assert await _seqs(store, subject="bob") == [9, 7, 5, 3, 1]
+
+
+def _forge_index_rows(path: Path, origin: str, seqs: range | list[int]) -> None:
+    """Index rows where no record is stored, newer than every record."""
+    for seq in seqs:
+        _query(path, "INSERT INTO search_index (origin, seq, time, kind, subject) VALUES (?, ?, '2099-01-01T00:00:00.000Z',"
+                     " 'request', 'bob')", (origin, seq))
+
+
+async def _search(store: AuditStore, query: RecordQuery) -> list[int]:
+    return [e.seq for e in await store.search_entries(query)]
+
+
+async def test_a_search_reads_on_past_index_rows_that_have_no_record(tmp_path: Path) -> None:
+    """Searches drop such rows (forged, or left by deleted records) after the limit: they must not
+    take the places of the records past them."""
+    async with _ten_filed(tmp_path) as (store, path):
+        _forge_index_rows(path, "o1", [20, 21])
+        _forge_index_rows(path, "o9", range(3))  # an origin with no record, head or checkpoint
+        assert await _search(store, RecordQuery(limit=3)) == [9, 8, 7]
+        assert await _search(store, RecordQuery(subject="bob", limit=2)) == [9, 7]
+        assert await _search(store, RecordQuery(origin="o1", limit=2)) == [9, 8]
+        assert await _search(store, RecordQuery(origin="o9")) == []
+        # A page that continues from a cursor reads on past such rows too.
+        assert await _search(store, RecordQuery(limit=3, after=SearchCursor("2099-01-01T00:00:00.000Z", "o1", 21))) == [9, 8, 7]
+        _query(path, "DELETE FROM records WHERE seq IN (5, 7)")  # their index rows stay behind
+        assert await _search(store, RecordQuery(limit=4)) == [9, 8, 6, 4]
+        assert await _search(store, RecordQuery(limit=4, after=SearchCursor("2026-11-24T10:00:06.000Z", "o1", 6))) == [4, 3, 2, 1]
+
+
+async def test_a_search_of_an_intact_index_is_one_read_and_one_more_only_past_rows_without_a_record(tmp_path: Path) -> None:
+    """The second read joins every index row it reads with its record: only a damaged index pays for that."""
+    path = await _ten_stored(tmp_path)
+    with contextlib.closing(sqlite3.connect(path, isolation_level=None)) as conn:
+        reads: list[str] = []
+        conn.set_trace_callback(lambda statement: reads.append(statement) if statement.startswith("SELECT") else None)
+        assert [e.seq for e in search(conn, RecordQuery(limit=3))] == [9, 8, 7]
+        assert len(reads) == 1
+        _forge_index_rows(path, "o9", range(2))
+        reads.clear()
+        assert [e.seq for e in search(conn, RecordQuery(limit=3))] == [9, 8, 7]
+        assert len(reads) == 2
 
 
 def test_busy_is_recognised_in_every_extended_code_and_nothing_else() -> None:

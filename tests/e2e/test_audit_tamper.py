@@ -259,6 +259,12 @@ def delete_tail_with_its_checkpoints(db: Db) -> None:
         db.execute("DELETE FROM search_index WHERE seq >= 5")
 
 
+def delete_checkpoints_and_head_row(db: Db) -> None:
+    """Delete every checkpoint and the head row: the records left look like a log never signed."""
+    db.execute("DELETE FROM checkpoints")
+    db.execute("DELETE FROM log_heads")
+
+
 CASES: list[tuple[Callable[[Db], None], list[tuple[str, int]], tuple[str, ...]]] = [
     (modify_body, [("MODIFIED_RECORD", 3)], ()),
     (delete_record, [("DELETED_RECORD", 3)], ()),
@@ -278,6 +284,8 @@ CASES: list[tuple[Callable[[Db], None], list[tuple[str, int]], tuple[str, ...]]]
     (delete_unsigned_record, [("SEQUENCE_GAP", 8)], ()),
     # Only the missing heartbeat shows it: the newest checkpoint left is an hour old and no shutdown.
     (delete_tail_with_its_checkpoints, [("CHECKPOINT_GAP", 5)], ("--now", AN_HOUR_LATER)),
+    # Listed by its records, the origin is walked (not refused for want of a head or checkpoint).
+    (delete_checkpoints_and_head_row, [("CHECKPOINT_GAP", 0)], ("--now", AN_HOUR_LATER)),
 ]
 
 
@@ -469,15 +477,37 @@ def test_verify_exit_0_sqlite_after_a_prune_and_1_when_a_retained_record_then_lo
 def test_verify_exit_1_sqlite_when_index_rows_are_forged_for_records_that_do_not_exist(
     sqlite_log: tuple[str, Db], key_ring: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """Searches drop such rows only after they took places within the limit: the page comes back short."""
+    """They take the first places of a search, which reads on past them; they are traces of deleted records or forgeries."""
     url, db = sqlite_log
     for seq in (20, 21):
         db.execute("INSERT INTO search_index (origin, seq, time, kind, subject) VALUES (?, ?, '2099-01-01T00:00:00.000Z',"
                    " 'request', 'bob')", ORIGIN, seq)
-    assert search(url, subject="bob", limit=2) == []  # no "more records may match" either
+    assert search(url, subject="bob", limit=2) == [7, 6]
     code, problems, text = verify(url, key_ring, capsys)
     assert (code, problems) == (1, [("MODIFIED_RECORD", 20)])
     assert "position=20: search_index rows for seq 20..21 (2), but no record stored there" in text
+
+
+def test_verify_exit_1_sqlite_when_index_rows_are_forged_under_an_origin_with_nothing_else_stored(
+    sqlite_log: tuple[str, Db], key_ring: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """No record, head or checkpoint lists the origin: its index rows do. Newest of all, they would
+    take every place of a search's page if searches did not read on past them."""
+    url, db = sqlite_log
+    for seq in range(5):
+        db.execute("INSERT INTO search_index (origin, seq, time, kind, subject) VALUES ('zz/forged', ?,"
+                   " '2099-01-01T00:00:00.000Z', 'request', 'bob')", seq)
+    assert search(url, limit=5) == [9, 8, 7, 6, 5]
+    assert search(url, subject="bob", limit=5) == [7, 6, 3, 2]
+    reason = ("position=0: search_index rows for seq 0..4 (5), but no record of this origin is stored at all: "
+              "a log deleted past its index rows, or rows forged into the index under an origin of their own\n")
+    code, problems, text = verify(url, key_ring, capsys)
+    assert (code, problems) == (1, [("MODIFIED_RECORD", 0)])
+    assert text.startswith(f"records: 10  checkpoints: 4  origins: {ORIGIN}, zz/forged\n")
+    assert f"MODIFIED_RECORD origin=zz/forged {reason}" in text
+    # Named, the origin is walked as well; a run over another origin checks that origin's rows only.
+    assert verify(url, key_ring, capsys, "--origin", "zz/forged")[:2] == (1, [("MODIFIED_RECORD", 0)])
+    assert verify(url, key_ring, capsys, "--origin", ORIGIN)[:2] == (0, [])
 
 
 def test_verify_exit_1_sqlite_when_the_tail_and_its_checkpoints_are_deleted_but_their_index_rows_are_not(

@@ -174,13 +174,15 @@ async def _verify_store(
     options: Options,
     tsa: TimestampTrust | None,
 ) -> Report:
-    # Without --origin an auditor means "everything": every origin the store holds.
-    origins = origins or await store.fetch_origins()
-    if not origins:
+    # Without --origin an auditor means "everything": every origin the store holds anything of,
+    # a head, a record, a checkpoint or (SQLite) a search index row; a named one must be among them.
+    stored = await store.fetch_origins()
+    if not stored:
         raise BadInputError("the store holds no audit log")
     for origin in origins:
-        if await store.fetch_head(origin) is None and not await store.fetch_checkpoints(origin, 0, 1):
-            raise BadInputError(f"nothing is stored for origin {origin!r}; name the origins with --origin")
+        if origin not in stored:
+            raise BadInputError(f"nothing is stored for origin {origin!r}")
+    origins = origins or stored
     progress = _Progress(await reading.count_records(store, origins)) if sys.stderr.isatty() else None
     try:
         return await reading.verify_store(

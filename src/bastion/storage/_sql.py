@@ -47,23 +47,29 @@ RECORD_COLUMNS = "origin, seq, time, kind, body, leaf_hash, subject, tool, sessi
 """The columns of ``AppendRows.records``' tuples, in order."""
 RECORD_WIDTH = RECORD_COLUMNS.count(",") + 1
 
-ORIGINS_SQL = (
-    # A loose index scan per table: each step seeks the next origin in the index, so listing costs
-    # one seek per origin, not a read of every record or checkpoint. Heads alone would not do: a
-    # lost head row must not hide a log from verify.
-    "WITH RECURSIVE"
-    " record_origins(origin) AS (SELECT (SELECT origin FROM records ORDER BY origin LIMIT 1)"
-    " UNION ALL SELECT (SELECT r.origin FROM records AS r WHERE r.origin > p.origin ORDER BY r.origin LIMIT 1)"
-    " FROM record_origins AS p WHERE p.origin IS NOT NULL),"
-    " checkpoint_origins(origin) AS (SELECT (SELECT origin FROM checkpoints ORDER BY origin LIMIT 1)"
-    " UNION ALL SELECT (SELECT c.origin FROM checkpoints AS c WHERE c.origin > p.origin ORDER BY c.origin LIMIT 1)"
-    " FROM checkpoint_origins AS p WHERE p.origin IS NOT NULL)"
-    " SELECT origin FROM log_heads"
-    " UNION SELECT origin FROM record_origins WHERE origin IS NOT NULL"
-    " UNION SELECT origin FROM checkpoint_origins WHERE origin IS NOT NULL"
-    " ORDER BY origin"
-)
-"""Every origin with a head, a record or a checkpoint, sorted (both dialects)."""
+
+def _origins_sql(tables: tuple[str, ...]) -> str:
+    """Every origin in ``log_heads`` or in one of ``tables``, sorted (both dialects).
+
+    A loose index scan per table: each step seeks the next origin in the table's index on
+    ``origin``, so listing costs one seek per origin, not a read of every row.
+    """
+    scans = [
+        f" {table}_origins(origin) AS (SELECT (SELECT origin FROM {table} ORDER BY origin LIMIT 1)"
+        f" UNION ALL SELECT (SELECT origin FROM {table} WHERE origin > p.origin ORDER BY origin LIMIT 1)"
+        f" FROM {table}_origins AS p WHERE p.origin IS NOT NULL)"
+        for table in tables
+    ]
+    unions = "".join(f" UNION SELECT origin FROM {table}_origins WHERE origin IS NOT NULL" for table in tables)
+    return f"WITH RECURSIVE{','.join(scans)} SELECT origin FROM log_heads{unions} ORDER BY origin"
+
+
+ORIGINS_SQL = _origins_sql(("records", "checkpoints"))
+"""Every origin with a head, a record or a checkpoint, sorted. Heads alone would not do: a lost
+head row must not hide a log from verify."""
+SQLITE_ORIGINS_SQL = _origins_sql(("records", "checkpoints", "search_index"))
+"""SQLite: ``ORIGINS_SQL``, and the origins of ``search_index`` rows too. Rows filed under an
+origin that has nothing else stored are found by verify only if it walks that origin."""
 
 
 @functools.cache  # built once per shape: the stores ask for it on every batch
@@ -225,13 +231,19 @@ def search_sql(query: RecordQuery, ph: Placeholder) -> tuple[str, list[Any]]:
     return sql, params
 
 
-def search_filed_sql(query: RecordQuery) -> tuple[str, list[Any]]:
-    """SQLite: SELECT of the records matching ``query``, newest first, through ``search_index``.
+def search_filed_sql(query: RecordQuery, *, checked: bool = False) -> tuple[str, list[Any]]:
+    """SQLite: SELECT of the first ``query.limit`` candidates for ``query``, newest first, through
+    ``search_index``: each as ``ENTRY_COLUMNS`` of its record, then the time it was found by (with
+    its origin and seq, a cursor past it) and whether no record is stored for it (1; then all its
+    record columns but origin and seq are NULL).
 
     Records are filed into ``search_index`` after their commit (migration 0006,
     storage/sqlite_search.py), so a search also reads each origin's records past its filing
     watermark (a short run, or what a crash left unfiled), filtering on the records' own copies
-    of the columns.
+    of the columns. An index row with no record takes a place within the limit and comes with
+    NULL record columns, unless ``checked``: then index rows are joined with their records before
+    the limit, which probes ``records`` for every index row a plan reads, all of an origin's
+    matches when the plan sorts them (``sqlite_search.search`` says when).
 
     Raises:
         StorageError: ``query.limit`` is outside 1..``MAX_SEARCH_LIMIT``.
@@ -240,8 +252,10 @@ def search_filed_sql(query: RecordQuery) -> tuple[str, list[Any]]:
     params.append(query.limit)
     limit = qmark(len(params))
     order = "time DESC, {0}origin, {0}seq DESC"
+    # CROSS JOIN keeps search_index outside, so its indexes still choose the plan.
+    join = " CROSS JOIN records AS x ON x.origin = i.origin AND x.seq = i.seq" if checked else ""
     filed = (
-        f"SELECT i.origin, i.seq, i.time FROM search_index AS i{_where(terms, 'i.')}"
+        f"SELECT i.origin, i.seq, i.time FROM search_index AS i{join}{_where(terms, 'i.')}"
         f" ORDER BY i.{order.format('i.')} LIMIT {limit}"
     )
     unfiled = (
@@ -250,12 +264,13 @@ def search_filed_sql(query: RecordQuery) -> tuple[str, list[Any]]:
         " AND t.seq > coalesce((SELECT f.through FROM search_filed AS f WHERE f.origin = h.origin), -1)"
         f"{_where(terms, 't.')} ORDER BY t.{order.format('t.')} LIMIT {limit}"
     )
-    columns = ", ".join(f"r.{column}" for column in ENTRY_COLUMNS.split(", "))
     sql = (
         # UNION, not UNION ALL: the parts never overlap, unless a failed filing could not be undone
-        # (storage/sqlite_search.py); deduplicating at most twice the limit costs nothing.
-        f"SELECT {columns} FROM (SELECT * FROM ({filed}) UNION SELECT * FROM ({unfiled})) AS m"
-        f" JOIN records AS r ON r.origin = m.origin AND r.seq = m.seq ORDER BY m.{order.format('m.')} LIMIT {limit}"
+        # (storage/sqlite_search.py); deduplicating at most twice the limit costs nothing. The
+        # ENTRY_COLUMNS take origin and seq from the candidate: an index row with no record has them too.
+        "SELECT m.origin, m.seq, r.time, r.kind, r.body, r.leaf_hash, m.time, r.seq IS NULL"
+        f" FROM (SELECT * FROM ({filed}) UNION SELECT * FROM ({unfiled})) AS m"
+        f" LEFT JOIN records AS r ON r.origin = m.origin AND r.seq = m.seq ORDER BY m.{order.format('m.')} LIMIT {limit}"
     )
     return sql, params
 

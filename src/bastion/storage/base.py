@@ -194,8 +194,8 @@ class IndexedEntry(NamedTuple):
 class StrayIndexRow(NamedTuple):
     """A search index row (SQLite ``search_index``) at a seq where its origin has no stored record.
 
-    Searches drop it, but only after it took a place within their limit: it can shorten a page of
-    results, so that the records past it look like there are none.
+    Searches drop it and read on past it (``sqlite_search.search``), but it is a trace of a deleted
+    record or a forgery, and enough of them slow every search that reads past them.
     """
 
     origin: str
@@ -261,9 +261,11 @@ class AuditStore(Protocol):
         """
 
     async def fetch_origins(self) -> list[str]:
-        """Every origin with a head, a record or a checkpoint in this store, sorted.
+        """Every origin with a head, a record or a checkpoint in this store (on SQLite also a
+        ``search_index`` row), sorted: what verify walks when no origin is named.
 
-        Not the heads alone: a log whose head row is lost must still be listed, and verified.
+        Not the heads alone: a log whose head row is lost must still be listed, and verified; nor
+        the logs alone: index rows filed under an origin that has nothing else must be verified too.
         """
         ...
 

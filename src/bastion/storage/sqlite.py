@@ -44,7 +44,7 @@ from bastion.storage.base import (
 from bastion.storage.sqlite_approvals import SqliteApprovalStore
 from bastion.storage.sqlite_keys import SqliteApiKeyStore
 from bastion.storage.sqlite_pins import SqliteToolPinStore
-from bastion.storage.sqlite_search import SearchFiler, indexed_page
+from bastion.storage.sqlite_search import SearchFiler, indexed_page, search
 from bastion.storage.sqlite_setup import check_migrated, migrate, use_wal
 from bastion.storage.sqlite_timestamps import SqliteCheckpointTimestampStore
 
@@ -373,8 +373,9 @@ class SqliteStore:
         return self._submit(functools.partial(_append_rows, rows=rows), write=True, append=rows)
 
     async def fetch_origins(self) -> list[str]:
-        """Every origin with a head, a record or a checkpoint, sorted; see ``AuditStore.fetch_origins``."""
-        return await self._read(lambda c: [row[0] for row in c.execute(_sql.ORIGINS_SQL)])
+        """Every origin with a head, a record, a checkpoint or a search index row, sorted; see
+        ``AuditStore.fetch_origins``."""
+        return await self._read(lambda c: [row[0] for row in c.execute(_sql.SQLITE_ORIGINS_SQL)])
 
     async def fetch_head(self, origin: str) -> LogHead | None:
         """Return the origin's stored head, or None."""
@@ -430,9 +431,8 @@ class SqliteStore:
         return rows[0] if rows else None
 
     async def search_entries(self, query: RecordQuery) -> list[LogEntry]:
-        """Return records matching ``query``, newest first."""
-        sql, params = _sql.search_filed_sql(query)
-        return await self._read(lambda c: [_sql.entry_from_row(r) for r in c.execute(sql, params)])
+        """Return records matching ``query``, newest first; see ``sqlite_search.search``."""
+        return await self._read(functools.partial(search, query=query))
 
     async def prune_entries(self, origin: str, tree_size: int) -> int:
         """Delete records below a stored checkpoint's tree size; see ``AuditStore.prune_entries``."""

@@ -115,6 +115,8 @@ class OriginWalk:
         """The ``[start, end)`` seq ranges reported as missing records."""
         self._strays: list[int] = []
         """Seqs of search index rows where no record is stored."""
+        self._fed = False
+        """Whether any row of this origin was fed."""
 
     def _report(self, kind: K, position: int, reason: str) -> None:
         self.problems.append(Problem(kind, self.origin, position, reason))
@@ -124,6 +126,7 @@ class OriginWalk:
     def feed(self, entry: LogEntry, searched: IndexedEntry | None = None) -> None:
         """Check one row locally, then place it in the tree; ``searched``: what the store's searches
         match it by (for an export, None: nothing)."""
+        self._fed = True
         # (1a) column types: a row rewritten outside the writer (e.g. SQLite ``CAST(body AS TEXT)``)
         # comes with values of another type, which cannot be hashed; the stored leaf hash, if
         # intact, still places the row so later roots confirm the records around it.
@@ -342,7 +345,7 @@ class OriginWalk:
                 self._close_gap()
         self._finish_truncation()
         for first, count in stray_runs(self._strays, self._missing):  # (8b)
-            self._report(K.MODIFIED_RECORD, first, stray_reason(first, count))
+            self._report(K.MODIFIED_RECORD, first, stray_reason(first, count, origin_has_records=self._fed))
         self._finish_roots()
         self._finish_cadence()
 

@@ -4,8 +4,9 @@ verifier/verify.py's checklist.
 A store copies some body fields into the columns that ``bastion audit search`` filters on
 (``SearchColumns.from_doc``); on SQLite records are also filed into a separate ``search_index``.
 Those copies are covered by no hash, so whoever can write the tables can hide a record from a
-search, or shorten a search's pages, without touching a body. Owns comparing the copies with the
-body and grouping index rows that belong to no record; reporting is verifier/origin.py's.
+search without touching a body, and index rows that belong to no record are what deleting
+records leaves behind. Owns comparing the copies with the body and grouping index rows that
+belong to no record; reporting is verifier/origin.py's.
 """
 
 from __future__ import annotations
@@ -63,10 +64,13 @@ def stray_runs(strays: Iterable[int], missing: Iterable[tuple[int, int]]) -> lis
     return runs
 
 
-def stray_reason(first: int, count: int) -> str:
-    """Why a run of stray index rows is reported."""
+def stray_reason(first: int, count: int, *, origin_has_records: bool) -> str:
+    """Why a run of stray index rows is reported; ``origin_has_records``: whether any record of
+    their origin is stored at all."""
     rows = f"a search_index row for seq {first}" if count == 1 else f"search_index rows for seq {first}..{first + count - 1} ({count})"
-    return (
-        f"{rows}, but no record stored there: records deleted past their index rows, or rows forged into "
-        "the index, which take places in a search's limit and so cut its pages short"
-    )
+    if not origin_has_records:
+        return (
+            f"{rows}, but no record of this origin is stored at all: a log deleted past its index rows, "
+            "or rows forged into the index under an origin of their own"
+        )
+    return f"{rows}, but no record stored there: records deleted past their index rows, or rows forged into the index"

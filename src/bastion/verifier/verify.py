@@ -62,7 +62,8 @@ and timestamps.py (9a)-(9c)):
  8. Tail: a checkpoint (or the trusted one) larger than the records present -> TRUNCATED_TAIL at the first
     missing seq. The records after the newest checkpoint are listed in the summary as unsigned.
     (8b) Search index rows where no record is stored (``StrayIndexRow``) -> MODIFIED_RECORD per run of
-    seqs, except where the walk already reports records missing (the row is the trace of that deletion).
+    seqs, except where the walk already reports records missing (the row is the trace of that deletion);
+    also under an origin with no record at all (a store lists the origins of its index rows).
  9. RFC 3161 tokens, only when the auditor gives TSA certificates (timestamps.py), at the token's tree size:
     (9a) malformed, altered, or not chaining to those certificates (with the timeStamping key purpose)
     -> BAD_TIMESTAMP; (9b) a genuine token whose imprint is SHA-256 of no note stored at that size, or

@@ -134,6 +134,19 @@ def test_stray_index_rows_are_reported_per_run_at_the_first_seq() -> None:
     assert report.problems[1].reason.startswith("a search_index row for seq 40, but no record stored there")
 
 
+def test_stray_index_rows_of_an_origin_with_no_record_at_all_are_reported_as_such() -> None:
+    """What a store lists by its index rows alone (SQLite ``fetch_origins``): no record, no checkpoint."""
+    rows, checkpoints = stored_log()
+    rows += [StrayIndexRow("zz/forged", seq) for seq in range(3)]
+    report = verify_log(rows, checkpoints, RING)
+    assert [(p.kind, p.origin, p.position) for p in report.problems] == [(K.MODIFIED_RECORD, "zz/forged", 0)]
+    assert report.problems[0].reason == (
+        "search_index rows for seq 0..2 (3), but no record of this origin is stored at all: a log deleted past "
+        "its index rows, or rows forged into the index under an origin of their own"
+    )
+    assert report.summary.origins == [ORIGIN, "zz/forged"]
+
+
 def test_stray_index_rows_of_records_already_reported_missing_are_not_reported_again() -> None:
     rows, checkpoints = stored_log()
     del rows[5]  # a deletion that a signed checkpoint covers
