@@ -9,6 +9,7 @@ a crash, its ``gateway_started`` record and the policy reloads that followed it.
 from __future__ import annotations
 
 import hashlib
+import json
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -30,7 +31,9 @@ def settings_sha256(settings: Settings) -> str:
     secret) would not change the hash; hashing each one keeps it out of the input in clear.
     """
     document = _with_secret_digests(settings.model_dump(), settings.model_dump(mode="json"))
-    return hashlib.sha256(orjson.dumps(document, option=orjson.OPT_SORT_KEYS)).hexdigest()
+    # The standard library's encoder, not orjson: a policy may hold an integer beyond 64 bits.
+    encoded = json.dumps(document, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(encoded.encode()).hexdigest()
 
 
 def _with_secret_digests(native: Any, rendered: Any) -> Any:

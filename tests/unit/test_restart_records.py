@@ -147,3 +147,13 @@ async def test_with_nothing_left_to_compare_with_the_change_is_recorded_as_unkno
     await _run_once(_config(tmp_path, ["alpha"]))
     [change] = await _details(tmp_path, EventKind.CONFIG_CHANGED)
     assert change["old_config_sha256"] is None and change["note"] == "no earlier start or stop record to compare with"
+
+
+def test_the_configuration_hash_takes_integers_beyond_64_bits() -> None:
+    from bastion.run_changes import settings_sha256
+
+    rule = {"id": "r1", "action": "deny", "match": {"tool": "*", "args": {"a": {"eq": 2**70}}}}
+    settings = parse_settings({"upstreams": {"a": {"command": ["x"]}}, "audit": {"origin": "o", "signing_key_env": "K"},
+                               "identity": {"resource_url": "http://127.0.0.1:8080", "allow_anonymous": True},
+                               "policy": {"default": "allow", "rules": [rule]}}, environ={})
+    assert len(settings_sha256(settings)) == 64

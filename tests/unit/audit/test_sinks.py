@@ -268,6 +268,45 @@ async def test_jsonl_sink_writes_a_torn_line_whole_in_the_new_file_when_the_full
     assert (sink.stats.records_sent, sink.stats.records_dropped) == (3, 0)
 
 
+async def test_jsonl_sink_writes_a_torn_line_whole_when_its_file_is_truncated_in_place(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # copytruncate rotation keeps the inode: only the file's size tells that the fragment is gone (a
+    # new file reusing a deleted one's inode looks the same).
+    monkeypatch.setattr(sink_delivery, "RETRY_FIRST_S", 0.3)
+    path = tmp_path / "audit.jsonl"
+    lines = jsonl_lines(0, 1, 2)
+    sink = JsonLinesSink(JsonLinesSinkSettings(type="jsonl", path=str(path)))
+    with file_size_limit(len(lines[0]) + 10) as set_limit:  # EFBIG with the second line 10 bytes out
+        sink.offer(records(*(make_entry(seq) for seq in range(3))))
+        sink.start()
+        await wait_until(lambda: sink.stats.delivery_failures >= 1, "a write refused")
+        inode = path.stat().st_ino
+        os.truncate(path, 0)
+        set_limit(resource.RLIM_INFINITY)
+        await wait_until(lambda: sink.stats.records_sent == 3, "the rest written")
+    await sink.aclose()
+    assert path.stat().st_ino == inode
+    assert path.read_bytes() == lines[1] + lines[2]  # no line's tail at the top of the file
+
+
+async def test_jsonl_sink_shutdown_creates_no_file_when_the_torn_line_was_rotated_away(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sink_delivery, "RETRY_FIRST_S", 3600.0)  # after the failure the sink only waits
+    path, rotated = tmp_path / "audit.jsonl", tmp_path / "audit.jsonl.1"
+    lines = jsonl_lines(0, 1)
+    sink = JsonLinesSink(JsonLinesSinkSettings(type="jsonl", path=str(path), drain_timeout_s=0.2))
+    with file_size_limit(len(lines[0]) + 10):
+        sink.offer(records(make_entry(0), make_entry(1)))
+        sink.start()
+        await wait_until(lambda: sink.stats.delivery_failures == 1, "a write refused")
+        path.rename(rotated)
+        await sink.aclose()
+    assert not path.exists()
+    assert rotated.read_bytes() == lines[0] + lines[1][:10]
+
+
 class DeadAfter:
     """An open file whose descriptor takes ``room`` bytes, then fails every write with EIO for good, as one a
     soft NFS mount gave up on (or a stale handle) does."""

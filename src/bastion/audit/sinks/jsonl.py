@@ -98,10 +98,16 @@ def _os_error_name(exc: OSError) -> str:
 
 _FileId = tuple[int, int]
 """A file's identity: (st_dev, st_ino)."""
+_Place = tuple[int, int, int]
+"""Where the next byte written to a file goes: its identity and its size (-1 for a FIFO, which has none)."""
 
 
 def _file_id(status: os.stat_result) -> _FileId:
     return status.st_dev, status.st_ino
+
+
+def _place(status: os.stat_result) -> _Place:
+    return status.st_dev, status.st_ino, -1 if stat.S_ISFIFO(status.st_mode) else status.st_size
 
 
 def _path_id(path: Path) -> _FileId | None:
@@ -130,9 +136,10 @@ class JsonLinesSink(Sink):
         self._file: io.FileIO | None = None
         self._file_id: _FileId | None = None
         self._file_is_fifo = False
-        self._torn: tuple[SinkRecord, int, _FileId | None] | None = None
-        """The record whose line a failed write cut short, how many of the line's bytes are out, and the
-        file they are in (None: stdout)."""
+        self._torn: tuple[SinkRecord, int, _Place | None] | None = None
+        """The record whose line a failed write cut short, how many of the line's bytes are out, and
+        where the fragment ends (None: stdout). Its line is finished only right there: not in a new
+        file that happens to reuse the inode of a deleted one, nor in a file truncated meanwhile."""
         self._writer = WriterThread(f"audit-sink-{self.name}")
 
     async def _deliver(self, batch: list[SinkRecord]) -> None:
@@ -143,12 +150,12 @@ class JsonLinesSink(Sink):
     def _write(self, batch: list[SinkRecord], lines: list[bytes]) -> None:
         ends = list(itertools.accumulate(len(line) for line in lines))
         data = memoryview(b"".join(lines))  # one write per batch, not per line
-        out, file_id = 0, None
+        out = 0
         try:
-            stream, file_id = self._stream()
+            stream = self._stream()
             if self._torn is not None:
-                torn_record, torn_out, torn_in = self._torn
-                if torn_in == file_id:  # the fragment is in this file: finish its line, or end it
+                torn_record, torn_out, torn_at = self._torn
+                if torn_at == self._where():  # the fragment ends here: finish its line, or end it
                     if torn_record is batch[0]:
                         out = torn_out
                     else:  # its record was given up: end the fragment, keep later lines whole
@@ -159,26 +166,31 @@ class JsonLinesSink(Sink):
             while out < len(data):
                 out += _write_some(stream, data[out:])
         except OSError as exc:
+            written = bisect.bisect_right(ends, out)  # whole lines out
+            line_start = ends[written - 1] if written else 0
+            if written < len(lines) and out > line_start:
+                with contextlib.suppress(OSError):  # unknown, it cannot be finished: the line goes whole
+                    self._torn = (batch[written], out - line_start, self._where())
             # The next attempt opens the path again: a descriptor an error has left dead (a stale NFS
             # handle, a file at its size limit, one deleted to free the disk) would fail for ever. Not a
             # FIFO's: a pipe no reader has open loses its buffered bytes, counted as sent, with its last
             # writer; and once a reader opens it again, the same descriptor writes on.
             if not self._file_is_fifo:
                 self._close_file()
-            written = bisect.bisect_right(ends, out)  # whole lines out
-            line_start = ends[written - 1] if written else 0
-            if written < len(lines) and out > line_start:
-                self._torn = (batch[written], out - line_start, file_id)
             raise DeliveryError(written, _os_error_name(exc), retryable=True) from exc
 
-    def _stream(self) -> tuple[_RawStream, _FileId | None]:
-        """Where the next batch goes, and which file that is (st_dev, st_ino; None for stdout)."""
+    def _where(self) -> _Place | None:
+        """Where the next byte written goes (None for stdout)."""
+        return None if self._file is None else _place(os.fstat(self._file.fileno()))
+
+    def _stream(self) -> _RawStream:
+        """Where the next batch goes: stdout, or the file at the path (opened again if it is another now)."""
         if self._path is None:
             sys.stdout.flush()  # text printed before goes first, whole
             # Below the buffered layer: a failed write must not leave bytes in a buffer that would
             # come out after the retry had written them again.
             stream: _RawStream = getattr(sys.stdout.buffer, "raw", sys.stdout.buffer)
-            return stream, None
+            return stream
         if self._file is not None and _path_id(self._path) != self._file_id:
             self._close_file()  # renamed or deleted (rotation): the next lines go to the file at the path now
         if self._file is None:
@@ -189,7 +201,7 @@ class JsonLinesSink(Sink):
                 file.close()
                 raise
             self._file, self._file_id, self._file_is_fifo = file, _file_id(status), stat.S_ISFIFO(status.st_mode)
-        return self._file, self._file_id
+        return self._file
 
     def _close_file(self) -> None:
         file, self._file, self._file_id = self._file, None, None
@@ -205,11 +217,26 @@ class JsonLinesSink(Sink):
                 await asyncio.wait_for(self._writer.run(self._finish), self._drain_timeout_s)
 
     def _finish(self) -> None:
-        """End a line left torn (its record was cut at shutdown), so that what follows starts whole; close the file."""
+        """End a line left torn (its record was cut at shutdown), so that what follows starts whole; close the file.
+
+        Only where the fragment ends: the path is not opened if it names another file now, nor created.
+        """
         torn, self._torn = self._torn, None
         if torn is not None:
             with contextlib.suppress(OSError):  # then it stays unterminated; its record counts as dropped either way
-                stream, file_id = self._stream()
-                if file_id == torn[2]:  # not if the fragment's file was moved away
-                    _write_some(stream, b"\n")
+                if self._path is None:
+                    _write_some(self._stream(), b"\n")
+                elif self._file is not None:
+                    if self._where() == torn[2]:
+                        _write_some(self._file, b"\n")
+                elif _fragment_at_path(self._path, torn[2]):
+                    _write_some(self._stream(), b"\n")
         self._close_file()
+
+
+def _fragment_at_path(path: Path, where: _Place | None) -> bool:
+    """Whether the file at ``path`` ends where a fragment was left (so it may be opened to end it)."""
+    try:
+        return where is not None and _place(os.stat(path)) == where
+    except FileNotFoundError:
+        return False
