@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from tests.contract.backends import POSTGRES, provision
+from tests.contract.backends import provision
 
 from bastion.approval.model import Approval, ApprovalState, CallKey, Grant, Review, Verdict
 from bastion.approval.service import ApprovalService, CallRequest
@@ -25,12 +25,6 @@ NOW = 1_800_000_000.0
 ALICE = Principal("alice", "https://idp", frozenset({"dev"}), AuthMethod.JWT)
 BOB = Principal("bob", "https://idp", frozenset({"dba"}), AuthMethod.JWT)
 KEY = CallKey("alice", "https://idp", "db", "drop_table", "a" * 64, "p" * 64)
-
-
-@pytest.fixture(params=["sqlite-file", "sqlite-memory", POSTGRES])
-async def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[str]:
-    async with provision(request.param, tmp_path) as url:
-        yield url
 
 
 @pytest.fixture

@@ -7,11 +7,10 @@ index row that is not a copy of the record's row, whether searches cannot find t
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-from tests.contract.backends import POSTGRES, opened, provision, run_sql
+from tests.contract.backends import opened, run_sql
 from tests.contract.test_sqlite_search_index import _append_ten, _query, _ten_filed
 from tests.contract.test_storage import checkpoint_at, checkpoint_batch, make_batch, make_entry
 
@@ -21,18 +20,6 @@ from bastion.storage import AuditStore
 from bastion.storage.base import IndexedEntry, SearchColumns, SearchIndexRow, StrayIndexRow, VerifiedRow
 
 pytestmark = pytest.mark.anyio
-
-
-@pytest.fixture(params=["sqlite-file", "sqlite-memory", POSTGRES])
-async def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[str]:
-    async with provision(request.param, tmp_path) as url:
-        yield url
-
-
-@pytest.fixture(params=["sqlite-file", POSTGRES])
-async def persistent_store_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[str]:
-    async with provision(request.param, tmp_path) as url:
-        yield url
 
 
 async def _pages(store: AuditStore, batch_size: int = 1000) -> list[list[VerifiedRow]]:

@@ -24,18 +24,6 @@ pytestmark = pytest.mark.anyio
 
 
 
-@pytest.fixture(params=["sqlite-file", "sqlite-memory", POSTGRES])
-async def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[str]:
-    async with provision(request.param, tmp_path) as url:
-        yield url
-
-
-@pytest.fixture(params=["sqlite-file", POSTGRES])
-async def persistent_store_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[str]:
-    async with provision(request.param, tmp_path) as url:
-        yield url
-
-
 @pytest.fixture
 async def store(store_url: str) -> AsyncIterator[AuditStore]:
     opened = await open_store(store_url)
