@@ -7,6 +7,8 @@ index row that is not a copy of the record's row, whether searches cannot find t
 
 from __future__ import annotations
 
+import contextlib
+import sqlite3
 from pathlib import Path
 
 import pytest
@@ -15,9 +17,12 @@ from tests.contract.test_sqlite_search_index import _append_ten, _query, _ten_fi
 from tests.contract.test_storage import checkpoint_at, checkpoint_batch, make_batch, make_entry
 
 from bastion.audit.compact import Frontier
+from bastion.audit.keys import KeyRing
+from bastion.audit.reading import verify_store
 from bastion.errors import StorageError
 from bastion.storage import AuditStore
 from bastion.storage.base import IndexedEntry, SearchColumns, SearchIndexRow, StrayIndexRow, VerifiedRow
+from bastion.verifier import ProblemKind
 
 pytestmark = pytest.mark.anyio
 
@@ -131,3 +136,66 @@ async def test_sqlite_nothing_is_stray_or_hidden_after_a_prune(tmp_path: Path) -
         rows = await _rows(store, batch_size=2)
         assert [row.entry.seq for row in rows if isinstance(row, IndexedEntry)] == list(range(5, 10))
         assert _intact(rows)
+
+
+def _strays(path: Path, origin: str, seqs: range) -> None:
+    with contextlib.closing(sqlite3.connect(path)) as database, database:
+        database.executemany(
+            "INSERT INTO search_index (origin, seq, time, kind, subject) VALUES (?, ?, 't', 'request', 'mallory')",
+            [(origin, seq) for seq in seqs],
+        )
+
+
+def _kinds(pages: list[list[VerifiedRow]]) -> tuple[list[int], list[int]]:
+    """The seqs of the records and of the strays of ``pages``, each page's records before its strays."""
+    records: list[int] = []
+    strays: list[int] = []
+    for page in pages:
+        entries = [row.entry.seq for row in page if isinstance(row, IndexedEntry)]
+        assert page[: len(entries)] == [row for row in page if isinstance(row, IndexedEntry)]
+        records += entries
+        strays += [row.seq for row in page if isinstance(row, StrayIndexRow)]
+    return records, strays
+
+
+async def test_sqlite_index_rows_without_a_record_come_a_page_at_a_time_too(tmp_path: Path) -> None:
+    async with _ten_filed(tmp_path) as (store, path):
+        _strays(path, "o1", range(-8, 0))  # more than a page below the first record: records wait for them
+        _query(path, "DELETE FROM records WHERE seq IN (4, 5, 6)")
+        _strays(path, "o1", range(12, 19))
+        pages = await _pages(store, batch_size=3)
+    assert [
+        [row.entry.seq if isinstance(row, IndexedEntry) else ("stray", row.seq) for row in page] for page in pages
+    ] == [
+        [("stray", -8), ("stray", -7), ("stray", -6)], [("stray", -5), ("stray", -4), ("stray", -3)],
+        # A page's range ends at its third stray: its records past that come on the next page.
+        [0, 1, 2, ("stray", -2), ("stray", -1)], [3, ("stray", 4), ("stray", 5), ("stray", 6)], [7, 8, 9],
+        [("stray", 12), ("stray", 13), ("stray", 14)], [("stray", 15), ("stray", 16), ("stray", 17)], [("stray", 18)],
+    ]
+
+
+async def test_sqlite_many_index_rows_without_a_record_come_in_bounded_pages_and_one_finding_per_run(
+    tmp_path: Path,
+) -> None:
+    """Forged index rows by the ten thousand cost verify a page at a time, not all at once."""
+    async with _ten_filed(tmp_path) as (store, path):
+        _strays(path, "zz/forged", range(50_000))  # an origin with no record at all
+        _strays(path, "o1", range(20, 50_020))  # past the origin's last record
+        _strays(path, "o1", range(60_000, 60_100, 2))  # runs of one
+        for origin, records, strays in (
+            ("o1", list(range(10)), [*range(20, 50_020), *range(60_000, 60_100, 2)]),
+            ("zz/forged", [], list(range(50_000))),
+        ):
+            pages = [page async for page in store.stream_indexed_entries(origin, 1000)]
+            assert _kinds(pages) == (records, strays)
+            assert max(sum(isinstance(row, StrayIndexRow) for row in page) for page in pages) == 1000
+            assert max(sum(isinstance(row, IndexedEntry) for row in page) for page in pages) <= 1000
+        report = await verify_store(store, ["o1", "zz/forged"], KeyRing())
+    assert [(p.kind, p.origin, p.position) for p in report.problems] == [
+        (ProblemKind.MODIFIED_RECORD, "o1", 20),
+        *((ProblemKind.MODIFIED_RECORD, "o1", seq) for seq in range(60_000, 60_100, 2)),
+        (ProblemKind.MODIFIED_RECORD, "zz/forged", 0),
+    ]
+    assert report.problems[0].reason.startswith("search_index rows for seq 20..50019 (50000), but no record stored there")
+    assert report.problems[1].reason.startswith("a search_index row for seq 60000, but no record stored there")
+    assert report.problems[-1].reason.startswith("search_index rows for seq 0..49999 (50000), but no record of this origin")

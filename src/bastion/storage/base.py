@@ -287,7 +287,10 @@ class AuditStore(Protocol):
         verify, which may hold read-only credentials.
 
         After its records, a page holds the ``StrayIndexRow`` of its seq range (the first page's
-        from ``LOWEST_SEQ``, the last page's on past its last record), in seq order. Each page is
+        from ``LOWEST_SEQ``, the last page's on past its last record), in seq order. A page holds
+        at most ``batch_size`` of those too: where its range holds more, the range ends at the
+        last one the page holds, so the page has fewer records (none, maybe) and the next page
+        goes on from there. The pages' ranges follow each other without overlap. Each page is
         read in one snapshot, so it never shows a record without the index row that was filed or
         pruned together with it.
 

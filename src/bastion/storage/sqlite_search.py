@@ -217,10 +217,13 @@ INDEXED_PAGE_SQL = (
     " WHERE r.origin = ?1 AND r.seq >= ?2 ORDER BY r.seq LIMIT ?3"
 )
 INDEX_ROWS_SQL = f"SELECT seq, {', '.join(_COPIED)} FROM search_index WHERE origin = ?1 AND seq >= ?2 AND seq <= ?3"
-COUNT_INDEX_ROWS_SQL = "SELECT count(*) FROM search_index WHERE origin = ?1 AND seq >= ?2 AND seq <= ?3"
+COUNT_INDEX_ROWS_SQL = (
+    # Counts at most ?4 rows, so a range holding many index rows costs no more than a page.
+    "SELECT count(*) FROM (SELECT 1 FROM search_index WHERE origin = ?1 AND seq >= ?2 AND seq <= ?3 LIMIT ?4)"
+)
 STRAYS_SQL = (
     "SELECT seq FROM search_index AS i WHERE origin = ?1 AND seq >= ?2 AND seq <= ?3"
-    " AND NOT EXISTS (SELECT 1 FROM records AS r WHERE r.origin = ?1 AND r.seq = i.seq) ORDER BY seq"
+    " AND NOT EXISTS (SELECT 1 FROM records AS r WHERE r.origin = ?1 AND r.seq = i.seq) ORDER BY seq LIMIT ?4"
 )
 MAX_SEQ = 2**63 - 1
 """SQLite's largest integer: the upper bound of the last page's range."""
@@ -229,6 +232,12 @@ MAX_SEQ = 2**63 - 1
 def indexed_page(conn: sqlite3.Connection, origin: str, from_seq: int, limit: int) -> tuple[list[VerifiedRow], int | None]:
     """Up to ``limit`` records of ``origin`` from ``from_seq`` on with their index rows, then the
     stray index rows of the page's range; and where the next page starts (None: this is the last).
+
+    A range holding more than ``limit`` stray rows ends at the ``limit``-th of them, and the page
+    holds only the records up to it: a page never holds more than ``limit`` of either, however
+    many rows were forged into the index, and the next page goes on from there. (Not when that
+    stray's seq is a forged REAL: a page from ``last + 1`` would skip what lies right after it, so
+    the page holds all of its range's strays.)
 
     One read transaction, so one snapshot: filing and pruning change a record's index row and the
     watermark together, and no page sees one half of that.
@@ -243,21 +252,35 @@ def indexed_page(conn: sqlite3.Connection, origin: str, from_seq: int, limit: in
 
 def _indexed_page(conn: sqlite3.Connection, origin: str, from_seq: int, limit: int) -> tuple[list[VerifiedRow], int | None]:
     rows = conn.execute(INDEXED_PAGE_SQL, (origin, from_seq, limit)).fetchall()
+    last = rows[-1][1] if len(rows) == limit else MAX_SEQ
+    states = [row[10] for row in rows]
+    # Strays are looked for only when the range holds more index rows than matched a record: a
+    # count of a key range, where looking for them probes ``records`` once per index row. An index
+    # row matches a record of the range only, so the range holds a stray exactly when it holds
+    # more than ``matched`` index rows; counting stops there.
+    strays: list[int] = []
+    matched = len(states) - states.count(_UNFILED) - states.count(_HIDDEN)
+    if conn.execute(COUNT_INDEX_ROWS_SQL, (origin, from_seq, last, matched + 1)).fetchone()[0] != matched:
+        strays = [seq for (seq,) in conn.execute(STRAYS_SQL, (origin, from_seq, last, limit))]
+        if len(strays) == limit and strays[-1] < last:  # maybe more: the range ends at the last one read
+            if isinstance(strays[-1], int):
+                last = strays[-1]
+                # Records past it come on a later page; a seq stored as TEXT or BLOB sorts after
+                # every number (the range holds numbers only).
+                while rows and not (isinstance(rows[-1][1], int | float) and rows[-1][1] <= last):
+                    rows.pop()
+                del states[len(rows):]
+            else:  # a forged REAL seq: a page from ``last + 1`` would skip what lies right after it
+                strays = [seq for (seq,) in conn.execute(STRAYS_SQL, (origin, from_seq, last, -1))]
     entries = [
         IndexedEntry(_sql.entry_from_row(row), SearchColumns(row[6], row[7], row[8], row[9]), None, row[10] == _HIDDEN)
         for row in rows
     ]
-    last = rows[-1][1] if len(rows) == limit else MAX_SEQ
-    states = [row[10] for row in rows]
     if _NOT_A_COPY in states:  # tampered: read those index rows
         found = {row[0]: SearchIndexRow(*row[1:]) for row in conn.execute(INDEX_ROWS_SQL, (origin, from_seq, last))}
         for at, state in enumerate(states):
             if state == _NOT_A_COPY:
                 entries[at] = entries[at]._replace(index_row=found[rows[at][1]])
-    # Strays are looked for only when the range holds more index rows than matched a record: a
-    # count of a key range, where looking for them probes ``records`` once per index row.
     page: list[VerifiedRow] = list(entries)
-    matched = len(states) - states.count(_UNFILED) - states.count(_HIDDEN)
-    if conn.execute(COUNT_INDEX_ROWS_SQL, (origin, from_seq, last)).fetchone()[0] != matched:
-        page += [StrayIndexRow(origin, seq) for (seq,) in conn.execute(STRAYS_SQL, (origin, from_seq, last))]
+    page += [StrayIndexRow(origin, seq) for seq in strays]
     return page, (last + 1 if last != MAX_SEQ else None)

@@ -22,7 +22,7 @@ from bastion.storage.base import IndexedEntry
 from bastion.verifier.checkpoints import OpenedCheckpoint
 from bastion.verifier.report import Problem, SeqRange
 from bastion.verifier.report import ProblemKind as K
-from bastion.verifier.searched import HIDDEN, agrees, differing_columns, stray_reason, stray_runs
+from bastion.verifier.searched import HIDDEN, Strays, agrees, differing_columns, stray_reason, stray_runs
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,8 +113,8 @@ class OriginWalk:
         self._last_time: datetime | None = None
         self._missing: list[tuple[int, int]] = []
         """The ``[start, end)`` seq ranges reported as missing records."""
-        self._strays: list[int] = []
-        """Seqs of search index rows where no record is stored."""
+        self._strays = Strays()
+        """Seqs of search index rows where no record is stored, as runs."""
         self._fed = False
         """Whether any row of this origin was fed."""
 
@@ -198,7 +198,7 @@ class OriginWalk:
 
     def stray(self, seq: int) -> None:
         """Note a search index row at ``seq`` where no record of this origin is stored."""
-        self._strays.append(seq)
+        self._strays.add(seq)
 
     def _start_at(self, first_seq: int) -> None:
         if not self._started:

@@ -12,7 +12,8 @@ belong to no record; reporting is verifier/origin.py's.
 from __future__ import annotations
 
 from bisect import bisect_right
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from heapq import merge
 from typing import Any
 
 from bastion.storage.base import IndexedEntry, SearchColumns, SearchIndexRow
@@ -41,10 +42,52 @@ def _differing(names: tuple[str, ...], stored: tuple[Any, ...], wanted: tuple[An
     return [prefix + name for name, have, want in zip(names, stored, wanted, strict=True) if have != want]
 
 
+class Strays:
+    """The seqs of the index rows of one origin that belong to no record, kept as runs
+    ``[start, end)`` merged as they come: what is held grows with the runs, not with the rows
+    (a store may hold millions of forged ones)."""
+
+    def __init__(self) -> None:
+        self._runs: list[list[int]] = []
+        """Sorted, disjoint and not touching."""
+        self._odd: set[int] = set()
+        """Seqs that are no integer after all (a forged REAL, which SQLite hands over as a float):
+        kept one by one, as they fit in no run."""
+
+    def add(self, seq: int) -> None:
+        """Note a stray index row at ``seq``; in any order, any number of times."""
+        if not isinstance(seq, int):
+            self._odd.add(seq)
+            return
+        runs = self._runs
+        if runs and runs[-1][0] <= seq:  # the common case: in increasing order
+            at = len(runs) - 1
+        else:
+            at = bisect_right(runs, seq, key=lambda run: run[0]) - 1  # the run starting at or before seq
+        if at >= 0 and seq < runs[at][1]:
+            return
+        if at >= 0 and seq == runs[at][1]:
+            runs[at][1] += 1
+            if at + 1 < len(runs) and runs[at + 1][0] == runs[at][1]:
+                runs[at][1] = runs.pop(at + 1)[1]
+        elif at + 1 < len(runs) and runs[at + 1][0] == seq + 1:
+            runs[at + 1][0] = seq
+        else:
+            runs.insert(at + 1, [seq, seq + 1])
+
+    def __iter__(self) -> Iterator[int]:
+        """Every seq noted, once each, in increasing order."""
+        previous: int | None = None
+        for seq in merge((seq for start, end in self._runs for seq in range(start, end)), sorted(self._odd)):
+            if seq != previous:
+                yield seq
+            previous = seq
+
+
 def stray_runs(strays: Iterable[int], missing: Iterable[tuple[int, int]]) -> list[tuple[int, int]]:
-    """Runs ``(first seq, count)`` of the stray index rows' seqs that lie outside every
-    ``[start, end)`` of ``missing``: where the walk reports records missing, a stray row is the
-    trace of the same deletion, not news."""
+    """Runs ``(first seq, count)`` of the stray index rows' seqs (``strays``: in increasing order,
+    once each) that lie outside every ``[start, end)`` of ``missing``: where the walk reports
+    records missing, a stray row is the trace of the same deletion, not news."""
     merged: list[list[int]] = []
     for start, end in sorted(missing):
         if merged and start <= merged[-1][1]:
@@ -53,7 +96,7 @@ def stray_runs(strays: Iterable[int], missing: Iterable[tuple[int, int]]) -> lis
             merged.append([start, end])
     starts = [start for start, _ in merged]
     runs: list[tuple[int, int]] = []
-    for seq in sorted(set(strays)):
+    for seq in strays:
         at = bisect_right(starts, seq) - 1
         if at >= 0 and seq < merged[at][1]:
             continue

@@ -18,6 +18,7 @@ from bastion.audit.hashing import hash_leaf
 from bastion.storage.base import IndexedEntry, SearchColumns, SearchIndexRow, StrayIndexRow, VerifiedRow
 from bastion.verifier import ProblemKind as K
 from bastion.verifier import Report, verify_log
+from bastion.verifier.searched import Strays, stray_runs
 
 
 def searchable(seq: int) -> LogEntry:
@@ -132,6 +133,26 @@ def test_stray_index_rows_are_reported_per_run_at_the_first_seq() -> None:
     assert found(report) == [(K.MODIFIED_RECORD, 20), (K.MODIFIED_RECORD, 40)]
     assert report.problems[0].reason.startswith("search_index rows for seq 20..22 (3), but no record stored there")
     assert report.problems[1].reason.startswith("a search_index row for seq 40, but no record stored there")
+
+
+def test_stray_index_rows_in_any_order_and_repeated_make_the_same_runs() -> None:
+    """The walk keeps strays as runs merged as they come: a row may join, extend or bridge runs."""
+    rows, checkpoints = stored_log()
+    seqs = [40, 20, 22, 30, 21, 22, 31, 29, 41, 39, 100, 28, 26, 27, -3]
+    expected = [(K.MODIFIED_RECORD, -3), (K.MODIFIED_RECORD, 20), (K.MODIFIED_RECORD, 26),
+                (K.MODIFIED_RECORD, 39), (K.MODIFIED_RECORD, 100)]
+    for order in (seqs, sorted(set(seqs)), sorted(seqs, reverse=True)):
+        report = verify_log([*rows, *(StrayIndexRow(ORIGIN, seq) for seq in order)], checkpoints, RING)
+        assert found(report) == expected
+        assert "seq 26..31 (6)" in report.problems[2].reason
+
+
+def test_stray_runs_are_held_as_runs_and_split_around_records_reported_missing() -> None:
+    strays = Strays()
+    for seq in (*range(100_000), *range(200_000, 99_999, -1)):
+        strays.add(seq)
+    assert strays._runs == [[0, 200_001]]
+    assert stray_runs(strays, [(10, 20), (15, 30), (50, 51)]) == [(0, 10), (30, 20), (51, 199_950)]
 
 
 def test_stray_index_rows_of_an_origin_with_no_record_at_all_are_reported_as_such() -> None:
