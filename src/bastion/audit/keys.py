@@ -20,6 +20,7 @@ from pathlib import Path
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from bastion.audit.record import parse_rfc3339
 from bastion.errors import BadSignatureError, ConfigError
 
 ED25519_TYPE = b"\x01"
@@ -66,12 +67,9 @@ def compute_key_id(name: str, public_key: bytes) -> bytes:
 
 def _parse_time(value: str) -> datetime:
     try:
-        parsed = datetime.fromisoformat(value)
+        return parse_rfc3339(value)
     except ValueError as exc:
-        raise KeyFormatError(f"not an RFC 3339 time: {value!r}") from exc
-    if parsed.tzinfo is None:
-        raise KeyFormatError(f"time must carry a UTC offset: {value!r}")
-    return parsed
+        raise KeyFormatError(str(exc)) from exc
 
 
 @dataclass(frozen=True, slots=True)

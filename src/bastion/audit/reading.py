@@ -12,14 +12,14 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterable, Iterator
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, timedelta
 from typing import Any, TypeVar
 
 from bastion.audit.checkpoint import parse_checkpoint, parse_retention, parse_signed_note
 from bastion.audit.compact import Frontier
 from bastion.audit.entry import LogEntry, StoredCheckpoint, StoredTimestamp
 from bastion.audit.keys import KeyRing
-from bastion.audit.record import render_time
+from bastion.audit.record import parse_rfc3339, render_time
 from bastion.errors import StorageError, VerificationError
 from bastion.storage.base import AuditStore, CheckpointTimestampStore, Store, VerifiedRow
 from bastion.verifier import Options, Report, TimestampTrust, verify_log
@@ -46,14 +46,7 @@ def parse_time_bound(text: str, *, naive_is_utc: bool = False) -> str:
     Raises:
         ValueError: not a date-time, no offset, or outside the years 1..9999 once in UTC.
     """
-    try:
-        moment = datetime.fromisoformat(text.strip().upper())  # RFC 3339 allows "t" and "z"
-    except ValueError as exc:
-        raise ValueError(f"{text!r} is not an RFC 3339 date-time such as 2026-07-01T12:00:00Z") from exc
-    if moment.tzinfo is None:
-        if not naive_is_utc:
-            raise ValueError(f"{text!r} has no UTC offset: add Z, or one such as +02:00")
-        moment = moment.replace(tzinfo=UTC)
+    moment = parse_rfc3339(text, naive_is_utc=naive_is_utc)
     try:
         moment = moment.astimezone(UTC)
         if sub_ms := moment.microsecond % 1000:

@@ -109,6 +109,23 @@ class AuditEvent:
     """Raw values encrypted for auditors, by field (``arguments``, ``result``); see audit/sealing.py."""
 
 
+def parse_rfc3339(text: str, *, naive_is_utc: bool = False) -> datetime:
+    """Return an RFC 3339 date-time (``t`` and ``z`` allowed) as an aware datetime in its own offset.
+
+    Raises:
+        ValueError: not a date-time, or no UTC offset (unless ``naive_is_utc``: then it is UTC).
+    """
+    try:
+        moment = datetime.fromisoformat(text.strip().upper())
+    except ValueError as exc:
+        raise ValueError(f"{text!r} is not an RFC 3339 date-time such as 2026-07-01T12:00:00Z") from exc
+    if moment.tzinfo is None:
+        if not naive_is_utc:
+            raise ValueError(f"{text!r} has no UTC offset: add Z, or one such as +02:00")
+        moment = moment.replace(tzinfo=UTC)
+    return moment
+
+
 def render_time(moment: datetime) -> str:
     """Return RFC 3339 UTC with milliseconds, e.g. ``2026-11-24T23:59:01.123Z``.
 

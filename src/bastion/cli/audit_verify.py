@@ -9,8 +9,10 @@ change the log it checks (docs/audit.md, "Reads of the log are recorded").
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -20,6 +22,7 @@ from bastion.audit.checkpoint import MalformedNoteError, parse_checkpoint, parse
 from bastion.audit.entry import StoredCheckpoint
 from bastion.audit.evidence import EvidenceFormatError
 from bastion.audit.keys import KeyRing
+from bastion.audit.record import parse_rfc3339
 from bastion.audit.timestamping import read_tsa_certificates
 from bastion.cli._audit_shared import (
     BadInputError,
@@ -98,12 +101,9 @@ def _parse_now(value: str | None) -> datetime | None:
     if not value:
         return datetime.now(UTC)
     try:
-        moment = datetime.fromisoformat(value)
+        return parse_rfc3339(value)
     except ValueError as exc:
-        raise BadInputError(f"--now {value!r} is not an RFC 3339 time") from exc
-    if moment.tzinfo is None:
-        raise BadInputError(f"--now {value!r} needs a UTC offset")
-    return moment
+        raise BadInputError(f"--now: {exc}") from exc
 
 
 def _load_trusted(path: str) -> StoredCheckpoint:
@@ -131,6 +131,17 @@ class _Progress:
     def close(self) -> None:
         if self.drawn:
             sys.stderr.write("\n")
+
+
+@contextlib.contextmanager
+def _progress(total: int | None) -> Iterator[_Progress | None]:
+    """A progress bar over ``total`` records, ended on the way out; None (no bar) without a total."""
+    progress = _Progress(total) if total is not None else None
+    try:
+        yield progress
+    finally:
+        if progress is not None:
+            progress.close()
 
 
 def run_verify(args: argparse.Namespace) -> int:
@@ -183,14 +194,11 @@ async def _verify_store(
         if origin not in stored:
             raise BadInputError(f"nothing is stored for origin {origin!r}")
     origins = origins or stored
-    progress = _Progress(await reading.count_records(store, origins)) if sys.stderr.isatty() else None
-    try:
+    total = await reading.count_records(store, origins) if sys.stderr.isatty() else None
+    with _progress(total) as progress:
         return await reading.verify_store(
             store, origins, ring, trusted=trusted, options=options, on_progress=progress, tsa=tsa
         )
-    finally:
-        if progress is not None:
-            progress.close()
 
 
 def _verify_export(
@@ -203,14 +211,10 @@ def _verify_export(
 ) -> Report:
     exported = export_verify.read_export(path)
     wanted = set(origins or exported.all_origins())
-    progress = _Progress(exported.count_records(wanted)) if sys.stderr.isatty() else None
-    try:
+    with _progress(exported.count_records(wanted) if sys.stderr.isatty() else None) as progress:
         return export_verify.verify_export(
             exported, ring, trusted=trusted, origins=origins, options=options, tsa=tsa, on_progress=progress
         )
-    finally:
-        if progress is not None:
-            progress.close()
 
 
 def run_verify_proof(args: argparse.Namespace) -> int:

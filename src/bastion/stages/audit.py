@@ -17,7 +17,8 @@ import asyncio
 import hashlib
 import logging
 import time
-from typing import Any, ClassVar
+from collections.abc import Awaitable
+from typing import Any, ClassVar, TypeVar
 
 import orjson
 
@@ -34,6 +35,7 @@ from bastion.masking.masker import Masker
 from bastion.pipeline.stage import Next
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 CANCELLED_RECORD_WAIT_S = 5.0
 """How long a cancelled call waits for its ``cancelled`` record; past that the record still
@@ -104,12 +106,7 @@ class AuditStage:
                     **base,
                 )
             )
-            try:
-                receipt = await request_record
-            except asyncio.CancelledError:  # the request record is queued and commits: close the pair
-                if ex.kind is Kind.REQUEST:
-                    await self._record_cancelled(ex, base, detail)
-                raise
+            receipt = await self._closing_if_cancelled(request_record, ex, base, detail)
         except StorageError as exc:
             return {"error": error_body(exc.code, exc.public_message)} if ex.kind is Kind.REQUEST else None
         except (MaskingError, CanonicalEncodingError) as exc:
@@ -118,15 +115,20 @@ class AuditStage:
             refusal = error_body(codes.INVALID_PARAMS, "The arguments cannot be recorded, so the request was not forwarded")
             return await self._append_refusal(event, refusal) if ex.kind is Kind.REQUEST else None
         ex.notes.request_seq = receipt.seq
+        reply = await self._closing_if_cancelled(call_next(ex), ex, base, detail)
+        if ex.kind is Kind.NOTIFICATION or reply is None:
+            return reply
+        return await self._record_reply(ex, reply, base, detail)
+
+    async def _closing_if_cancelled(self, step: Awaitable[T], ex: Exchange, base: dict[str, Any], detail: Any) -> T:
+        """Await ``step``; if the call is cancelled meanwhile, its request record (queued, so it
+        commits) gets its closing ``cancelled`` record first."""
         try:
-            reply = await call_next(ex)
+            return await step
         except asyncio.CancelledError:
             if ex.kind is Kind.REQUEST:
                 await self._record_cancelled(ex, base, detail)
             raise
-        if ex.kind is Kind.NOTIFICATION or reply is None:
-            return reply
-        return await self._record_reply(ex, reply, base, detail)
 
     async def _record_cancelled(self, ex: Exchange, base: dict[str, Any], detail: Any) -> None:
         """Close a cancelled request's record pair; nothing is released, so a store failure is only logged.
